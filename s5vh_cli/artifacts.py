@@ -1,0 +1,443 @@
+"""Read, write and validate the artifacts passed between stages.
+
+Every artifact records what made it (format version, producer, config, a hash of its inputs) and is
+written atomically: to a temporary file in the destination folder, flushed, then renamed over the target,
+under an exclusive lock so that two writers of the same output serialise instead of interleaving.
+The layout of each artifact is documented in docs/artifacts.md.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import errno
+import fcntl
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import __version__
+from .errors import ArtifactError, InputError, MismatchError
+
+FORMAT_VERSION = 1
+KINDS = ("features", "centers", "codes", "index")
+_PRODUCED_BY = {
+    "features": "`s5vh extract`",
+    "centers": "`s5vh centers`",
+    "codes": "`s5vh encode`",
+    "index": "`s5vh index`",
+    "model": "`s5vh train`",
+}
+STR = h5py.string_dtype("utf-8")
+BYTES = h5py.vlen_dtype(np.dtype("uint8"))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# generic helpers
+# ----------------------------------------------------------------------------------------------------------
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            while block := f.read(chunk):
+                h.update(block)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    return h.hexdigest()
+
+
+def encode_path(p: str | os.PathLike) -> np.ndarray:
+    """Paths are stored as raw bytes so that names that are not valid UTF-8 survive the round trip."""
+    return np.frombuffer(os.fsencode(os.fspath(p)), dtype=np.uint8)
+
+
+def decode_path(b: np.ndarray | bytes) -> str:
+    return os.fsdecode(bytes(b))
+
+
+def display_path(p: str) -> str:
+    """Printable form of a path whose bytes may not be UTF-8."""
+    return p.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def provenance(command: str, config: dict[str, Any] | None = None,
+               inputs: dict[str, str] | None = None) -> dict[str, Any]:
+    return {
+        "format_version": FORMAT_VERSION,
+        "producer": f"s5vh {__version__} {command}",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "config": json.dumps(config or {}, sort_keys=True),
+        "inputs_sha256": json.dumps(inputs or {}, sort_keys=True),
+    }
+
+
+def set_provenance(h5: h5py.File, kind: str, prov: dict[str, Any]) -> None:
+    h5.attrs["s5vh_artifact"] = kind
+    for k, v in prov.items():
+        h5.attrs[k] = v
+
+
+@contextlib.contextmanager
+def output_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
+    """Exclusive advisory lock on ``<path>.lock`` so two processes writing one output serialise."""
+    path = Path(path)
+    lock_path = path.with_name(path.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:
+        raise InputError(f"{path.parent}: cannot write here ({e.strerror})") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise InputError(f"{path}: another s5vh process is writing this file") from None
+        yield
+    finally:
+        os.close(fd)
+        with contextlib.suppress(OSError):
+            os.unlink(lock_path)
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path beside ``path``; on success fsync and rename it over ``path``.
+
+    On any error (including KeyboardInterrupt) the temporary file is removed and the previous
+    ``path``, if any, is left untouched.
+    """
+    path = Path(path)
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{parent}: output folder does not exist")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a file name")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
+    except OSError as e:
+        raise InputError(f"{parent}: cannot write here ({e.strerror})") from None
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        with open(tmp_path, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp_path, path)
+        with contextlib.suppress(OSError):
+            dfd = os.open(parent, os.O_RDONLY)
+            os.fsync(dfd)
+            os.close(dfd)
+    except OSError as e:
+        tmp_path.unlink(missing_ok=True)
+        if e.errno == errno.ENOSPC:
+            raise InputError(f"{path}: no space left on device; nothing was written") from None
+        raise InputError(f"{path}: cannot write ({e.strerror or e}); nothing was written") from None
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:
+    """Open an HDF5 artifact read-only and check it is the expected kind with the required keys.
+
+    Files with no ``s5vh_artifact`` attribute are accepted as ``features`` when they hold a ``feats`` array
+    (the public FCVID/ActivityNet/UCF101/HMDB51 feature files).
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected a {kind} file from {_PRODUCED_BY[kind]}")
+    if not os.access(path, os.R_OK):
+        raise InputError(f"{path}: permission denied")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path}: empty file (0 bytes), expected a {kind} file from {_PRODUCED_BY[kind]}")
+    try:
+        if not h5py.is_hdf5(path):
+            raise ArtifactError(f"{path}: not an HDF5 file, expected a {kind} file from {_PRODUCED_BY[kind]}")
+        h5 = h5py.File(path, "r")
+    except ArtifactError:
+        raise
+    except Exception as e:  # h5py raises OSError for truncated / damaged files
+        raise ArtifactError(f"{path}: damaged or truncated HDF5 file ({_short(e)})") from None
+    try:
+        actual = h5.attrs.get("s5vh_artifact")
+        if isinstance(actual, bytes):
+            actual = actual.decode()
+        if actual is None and kind == "features" and "feats" in h5:
+            pass  # a public feature file
+        elif actual != kind:
+            what = f"a {actual} file" if actual in KINDS else "not an s5vh artifact"
+            raise ArtifactError(f"{path}: {what}; expected a {kind} file from {_PRODUCED_BY[kind]}")
+        else:
+            ver = int(h5.attrs.get("format_version", 0))
+            if ver > FORMAT_VERSION or ver < 1:
+                raise ArtifactError(f"{path}: {kind} format version {ver} is not supported by s5vh {__version__}")
+        for key in required:
+            if key not in h5:
+                raise ArtifactError(f"{path}: missing '{key}' in {kind} file")
+        return h5
+    except BaseException:
+        h5.close()
+        raise
+
+
+def _short(e: BaseException) -> str:
+    return str(e).splitlines()[0][:160] if str(e) else type(e).__name__
+
+
+def read_json_attr(h5: h5py.File, key: str) -> dict[str, Any]:
+    raw = h5.attrs.get(key)
+    if raw is None:
+        return {}
+    try:
+        return json.loads(raw)
+    except (TypeError, ValueError):
+        raise ArtifactError(f"{h5.filename}: attribute '{key}' is not valid JSON") from None
+
+
+def _attr_str(h5: h5py.File, key: str, default: str = "") -> str:
+    v = h5.attrs.get(key, default)
+    return v.decode() if isinstance(v, bytes) else str(v)
+
+
+def _read_strings(h5: h5py.File, key: str, n: int) -> list[str]:
+    if key not in h5:
+        return [str(i) for i in range(n)] if key == "ids" else [""] * n
+    ds = h5[key]
+    if ds.shape != (n,):
+        raise ArtifactError(f"{h5.filename}: '{key}' has shape {ds.shape}, expected ({n},)")
+    if ds.dtype == BYTES or ds.dtype.kind == "O" and key == "paths":
+        return [decode_path(b) for b in ds[()]]
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]]
+
+
+def _write_ids_paths(h5: h5py.File, ids: list[str], paths: list[str]) -> None:
+    h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
+    ds = h5.create_dataset("paths", shape=(len(paths),), dtype=BYTES)
+    for i, p in enumerate(paths):
+        ds[i] = encode_path(p)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# features
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Features:
+    path: Path
+    feats: np.ndarray  # [N, T, D] float32 (or float16 as stored)
+    ids: list[str]
+    paths: list[str]
+    backbone: str = "unknown"
+    backbone_sha256: str = ""
+    sampling: str = "unknown"
+    meta: dict[str, np.ndarray] = field(default_factory=dict)
+    attrs: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+
+    @property
+    def n(self) -> int:
+        return int(self.feats.shape[0])
+
+    @property
+    def frames(self) -> int:
+        return int(self.feats.shape[1])
+
+    @property
+    def dim(self) -> int:
+        return int(self.feats.shape[2])
+
+
+def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_hash: bool = True) -> Features:
+    """Load a feature artifact (or a public ``feats`` file) into memory and validate it."""
+    with open_artifact(path, "features", required=("feats",)) as h5:
+        ds = h5["feats"]
+        if ds.ndim != 3:
+            raise ArtifactError(f"{path}: 'feats' has shape {ds.shape}, expected [videos, frames, dim]")
+        if ds.dtype.kind != "f":
+            raise ArtifactError(f"{path}: 'feats' has dtype {ds.dtype}, expected float16/float32/float64")
+        n = ds.shape[0]
+        if n == 0:
+            raise ArtifactError(f"{path}: holds zero videos")
+        try:
+            feats = ds[()]
+        except Exception as e:
+            raise ArtifactError(f"{path}: cannot read 'feats' ({_short(e)}); the file is damaged") from None
+        if feats.dtype == np.float64:
+            feats = feats.astype(np.float32)
+        if check_finite and not np.isfinite(feats).all():
+            bad = int((~np.isfinite(feats)).any(axis=(1, 2)).sum())
+            raise ArtifactError(f"{path}: 'feats' holds NaN or infinite values in {bad} video(s)")
+        meta = {}
+        if "meta" in h5:
+            meta = {k: h5["meta"][k][()] for k in h5["meta"]}
+        out = Features(
+            path=Path(path),
+            feats=feats,
+            ids=_read_strings(h5, "ids", n),
+            paths=_read_strings(h5, "paths", n),
+            backbone=_attr_str(h5, "backbone", "unknown"),
+            backbone_sha256=_attr_str(h5, "backbone_sha256"),
+            sampling=_attr_str(h5, "sampling", "unknown"),
+            meta=meta,
+            attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+        )
+    if with_hash:
+        out.sha256 = sha256_file(path)
+    return out
+
+
+def write_features(path: str | os.PathLike, feats: np.ndarray, ids: list[str], paths: list[str], *,
+                   backbone: str, backbone_sha256: str, sampling: str, meta: dict[str, np.ndarray] | None = None,
+                   failures: list[tuple[str, str]] | None = None, prov: dict[str, Any]) -> None:
+    """Write a complete feature artifact atomically (extract writes incrementally, then finalises with this layout)."""
+    feats = np.asarray(feats)
+    if feats.ndim != 3 or len(ids) != feats.shape[0] or len(paths) != feats.shape[0]:
+        raise ArtifactError("features: feats must be [N, T, D] with one id and path per video")
+    with output_lock(path), atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+        set_provenance(h5, "features", prov)
+        h5.attrs.update({"backbone": backbone, "backbone_sha256": backbone_sha256, "sampling": sampling,
+                         "frames": feats.shape[1], "feature_dim": feats.shape[2]})
+        h5.create_dataset("feats", data=feats, chunks=(1, *feats.shape[1:]))
+        _write_ids_paths(h5, list(ids), list(paths))
+        g = h5.create_group("meta")
+        for k, v in (meta or {}).items():
+            g.create_dataset(k, data=np.asarray(v))
+        write_failures(h5, failures or [])
+
+
+def write_failures(h5: h5py.File, failures: list[tuple[str, str]]) -> None:
+    g = h5.require_group("failures")
+    for k in ("paths", "reasons"):
+        if k in g:
+            del g[k]
+    ds = g.create_dataset("paths", shape=(len(failures),), dtype=BYTES)
+    for i, (p, _) in enumerate(failures):
+        ds[i] = encode_path(p)
+    g.create_dataset("reasons", data=np.array([r for _, r in failures], dtype=object), dtype=STR)
+
+
+def read_failures(path: str | os.PathLike) -> list[tuple[str, str]]:
+    with open_artifact(path, "features") as h5:
+        if "failures" not in h5:
+            return []
+        g = h5["failures"]
+        paths = [decode_path(b) for b in g["paths"][()]]
+        reasons = [r for r in g["reasons"].asstr()[()]]
+        return list(zip(paths, reasons, strict=True))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# centres
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Centers:
+    path: Path | None
+    pseudo_labels: np.ndarray  # [N] int64
+    centroids: np.ndarray  # [K, p] float32, L2-normalised rows
+    pca_mean: np.ndarray  # [D]
+    pca_components: np.ndarray  # [p, D]
+    hash_centers: dict[int, np.ndarray]  # bits -> [K, bits] int8 in {-1, +1}
+    stats: dict[int, dict[str, Any]] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    features_sha256: str = ""
+    sha256: str = ""
+
+    @property
+    def n_clusters(self) -> int:
+        return int(self.centroids.shape[0])
+
+
+def write_centers(path: str | os.PathLike, c: Centers, prov: dict[str, Any]) -> None:
+    with output_lock(path), atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+        set_provenance(h5, "centers", prov)
+        h5.attrs["features_sha256"] = c.features_sha256
+        h5.create_dataset("pseudo_labels", data=np.asarray(c.pseudo_labels, dtype=np.int64))
+        h5.create_dataset("centroids", data=np.asarray(c.centroids, dtype=np.float32))
+        g = h5.create_group("pca")
+        g.create_dataset("mean", data=np.asarray(c.pca_mean, dtype=np.float32))
+        g.create_dataset("components", data=np.asarray(c.pca_components, dtype=np.float32))
+        hc = h5.create_group("hash_centers")
+        for bits, m in sorted(c.hash_centers.items()):
+            ds = hc.create_dataset(str(bits), data=np.asarray(m, dtype=np.int8))
+            for k, v in c.stats.get(bits, {}).items():
+                ds.attrs[k] = v
+
+
+def read_centers(path: str | os.PathLike) -> Centers:
+    with open_artifact(path, "centers", required=("pseudo_labels", "centroids", "hash_centers", "pca")) as h5:
+        labels = h5["pseudo_labels"][()]
+        cent = h5["centroids"][()]
+        if labels.ndim != 1 or cent.ndim != 2:
+            raise ArtifactError(f"{path}: pseudo_labels must be [N] and centroids [K, p]")
+        k = cent.shape[0]
+        if labels.size and (labels.min() < 0 or labels.max() >= k):
+            raise ArtifactError(f"{path}: pseudo_labels out of range for {k} clusters")
+        hcs, stats = {}, {}
+        for name, ds in h5["hash_centers"].items():
+            m = ds[()]
+            if m.shape != (k, int(name)) or not np.isin(m, (-1, 1)).all():
+                raise ArtifactError(f"{path}: hash_centers/{name} must be [{k}, {name}] with entries +-1")
+            hcs[int(name)] = m.astype(np.int8)
+            stats[int(name)] = {a: (v.item() if hasattr(v, "item") else v) for a, v in ds.attrs.items()}
+        return Centers(
+            path=Path(path), pseudo_labels=labels.astype(np.int64), centroids=cent,
+            pca_mean=h5["pca/mean"][()], pca_components=h5["pca/components"][()],
+            hash_centers=hcs, stats=stats, config=read_json_attr(h5, "config"),
+            features_sha256=_attr_str(h5, "features_sha256"), sha256=sha256_file(path),
+        )
+
+
+# ----------------------------------------------------------------------------------------------------------
+# codes
+# ----------------------------------------------------------------------------------------------------------
+@dataclass
+class Codes:
+    path: Path | None
+    codes: np.ndarray  # [N, bits/8] uint8, np.packbits order (bit 0 of the code = MSB of byte 0)
+    ids: list[str]
+    paths: list[str]
+    bits: int
+    model_sha256: str = ""
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return int(self.codes.shape[0])
+
+
+def write_codes(path: str | os.PathLike, c: Codes, prov: dict[str, Any], extra_attrs: dict[str, Any] | None = None) -> None:
+    if c.codes.dtype != np.uint8 or c.codes.ndim != 2 or c.codes.shape[1] * 8 != c.bits:
+        raise ArtifactError(f"codes must be uint8 [N, {c.bits // 8}]")
+    with output_lock(path), atomic_output(path) as tmp, h5py.File(tmp, "w") as h5:
+        set_provenance(h5, "codes", prov)
+        h5.attrs["bits"] = c.bits
+        h5.attrs["model_sha256"] = c.model_sha256
+        for k, v in (extra_attrs or {}).items():
+            h5.attrs[k] = v
+        h5.create_dataset("codes", data=c.codes)
+        _write_ids_paths(h5, c.ids, c.paths)
+
+
+def read_codes(path: str | os.PathLike) -> Codes:
+    with open_artifact(path, "codes", required=("codes",)) as h5:
+        codes = h5["codes"][()]
+        bits = int(h5.attrs.get("bits", 0))
+        if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] * 8 != bits:
+            raise ArtifactError(f"{path}: 'codes' has shape {codes.shape} / dtype {codes.dtype}; expected uint8 [N, {bits // 8}]")
+        n = codes.shape[0]
+        return Codes(path=Path(path), codes=codes, ids=_read_strings(h5, "ids", n), paths=_read_strings(h5, "paths", n),
+                     bits=bits, model_sha256=_attr_str(h5, "model_sha256"),
+                     attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()})
+
+
+def check_same(what: str, a: Any, b: Any, a_name: str, b_name: str) -> None:
+    if a != b:
+        raise MismatchError(f"{what} differ: {a_name} has {a}, {b_name} has {b}")

@@ -1,0 +1,5 @@
+"""Subcommand module (being written)."""
+
+
+def register(app) -> None:
+    return None
