@@ -1,0 +1,169 @@
+"""Every selective-scan backend present on this machine against the sequential reference: outputs and
+gradients with respect to every input, fp32."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import pytest
+import torch
+
+from s5vh_cli.errors import BackendError
+from s5vh_cli.ssm import available_backends, resolve_backend, selective_scan, selective_scan_ref
+
+INPUT_NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
+# Max |error| relative to the largest reference magnitude (outputs and each gradient).
+FWD_TOL = 2e-5
+GRAD_TOL = 5e-5
+
+
+def _cpu_backends() -> list[str]:
+    names = ["torch"]
+    if available_backends()["cpu"].startswith("available"):
+        names.append("cpu")
+    return names
+
+
+def _inputs(batch, dim, dstate, seqlen, *, has_d, has_z, has_bias, softplus, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    u = torch.randn(batch, dim, seqlen, generator=g)
+    # As in a Mamba layer: A < 0 and, without softplus, a positive step.
+    delta = (
+        torch.randn(batch, dim, seqlen, generator=g)
+        if softplus
+        else torch.rand(batch, dim, seqlen, generator=g)
+    )
+    A = -(torch.rand(dim, dstate, generator=g) * 2 + 0.05)
+    B = torch.randn(batch, dstate, seqlen, generator=g)
+    C = torch.randn(batch, dstate, seqlen, generator=g)
+    D = torch.randn(dim, generator=g) if has_d else None
+    z = torch.randn(batch, dim, seqlen, generator=g) if has_z else None
+    bias = 0.5 * torch.randn(dim, generator=g) if has_bias else None
+    xs = [u, delta, A, B, C, D, z, bias]
+    return [x.requires_grad_() if x is not None else None for x in xs]
+
+
+def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).abs().max() / b.abs().max().clamp_min(1e-6)).item()
+
+
+def _check(backend, shape, has_d, has_z, has_bias, softplus):
+    xs = _inputs(*shape, has_d=has_d, has_z=has_z, has_bias=has_bias, softplus=softplus)
+    used = [x for x in xs if x is not None]
+    ref = selective_scan_ref(*xs, delta_softplus=softplus)
+    out = selective_scan(*xs, delta_softplus=softplus, backend=backend)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert _rel_err(out, ref) < FWD_TOL, f"forward {backend}: {_rel_err(out, ref):.2e}"
+    gout = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    g_ref = torch.autograd.grad(ref, used, gout)
+    g_out = torch.autograd.grad(out, used, gout)
+    names = [n for n, x in zip(INPUT_NAMES, xs, strict=True) if x is not None]
+    for name, a, b in zip(names, g_out, g_ref, strict=True):
+        assert a.shape == b.shape
+        assert _rel_err(a, b) < GRAD_TOL, f"d{name} {backend}: {_rel_err(a, b):.2e}"
+
+
+SHAPES = [(1, 1, 1, 1), (2, 5, 3, 1), (2, 7, 5, 25), (3, 9, 16, 25), (2, 4, 17, 100), (1, 70, 16, 33)]
+OPTIONS = [
+    (True, True, True, True),
+    (False, False, False, False),
+    (True, False, True, False),
+    (False, True, False, True),
+]
+
+
+@pytest.mark.parametrize("backend", _cpu_backends())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)))
+@pytest.mark.parametrize(
+    "options", OPTIONS, ids=lambda o: "".join("DzbS"[i] if v else "-" for i, v in enumerate(o))
+)
+def test_backend_matches_reference(backend, shape, options):
+    _check(backend, shape, *options)
+
+
+@pytest.mark.parametrize("backend", _cpu_backends())
+def test_strided_inputs(backend):
+    """Channels-last views (what Mamba passes) give the same result as contiguous tensors."""
+    xs = _inputs(2, 6, 4, 9, has_d=True, has_z=True, has_bias=True, softplus=True)
+    views = [
+        x.detach().transpose(1, 2).contiguous().transpose(1, 2) if x is not None and x.dim() == 3 else x
+        for x in xs
+    ]
+    ref = selective_scan_ref(*xs, delta_softplus=True)
+    out = selective_scan(*views, delta_softplus=True, backend=backend)
+    assert _rel_err(out, ref) < FWD_TOL
+
+
+def test_long_sequence_torch_chunks():
+    """More steps than one chunk of the torch backend, so the chunk boundaries are exercised."""
+    import s5vh_cli.ssm.torch_scan as ts
+
+    old = ts._CHUNK_ELEMENTS
+    ts._CHUNK_ELEMENTS = 2 * 3 * 4 * 7  # chunks of 7 steps
+    try:
+        _check("torch", (2, 3, 4, 40), True, True, True, True)
+    finally:
+        ts._CHUNK_ELEMENTS = old
+
+
+def test_resolve_auto_says_why():
+    name, reason = resolve_backend("auto", "cpu")
+    assert name in ("cpu", "torch")
+    assert reason.startswith(name + " (")
+
+
+def test_available_backends_lists_all():
+    status = available_backends()
+    assert set(status) == {"reference", "torch", "cpu", "cuda"}
+    assert all(isinstance(v, str) and v for v in status.values())
+
+
+def test_unknown_backend_raises():
+    with pytest.raises(BackendError, match="unknown selective-scan backend"):
+        resolve_backend("fast", "cpu")
+
+
+def test_cuda_backend_on_cpu_tensors_raises():
+    with pytest.raises(BackendError, match="cuda"):
+        resolve_backend("cuda", "cpu")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is not None, reason="mamba_ssm is installed")
+def test_cuda_backend_without_mamba_ssm_raises():
+    with pytest.raises(BackendError, match=r"pip install s5vh\[cuda\]"):
+        resolve_backend("cuda", "cuda")
+    assert available_backends()["cuda"].startswith("unavailable")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("mamba_ssm") is not None, reason="mamba_ssm is installed")
+def test_error_message_is_one_line():
+    with pytest.raises(BackendError) as info:
+        resolve_backend("cuda", "cuda:0")
+    assert "\n" not in str(info.value)
+
+
+def _mamba_ssm_gpu() -> bool:
+    if not torch.cuda.is_available() or importlib.util.find_spec("mamba_ssm") is None:
+        return False
+    return available_backends()["cuda"].startswith("available")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not _mamba_ssm_gpu(), reason="needs a CUDA GPU and mamba_ssm")
+@pytest.mark.parametrize("seqlen", [1, 25, 128])
+def test_cuda_matches_mamba_ssm_and_cpu(seqlen):
+    from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+    xs = _inputs(2, 64, 16, seqlen, has_d=True, has_z=True, has_bias=True, softplus=True)
+    gpu = [x.detach().cuda().requires_grad_() if x is not None else None for x in xs]
+    ours = selective_scan(*gpu, delta_softplus=True, backend="cuda")
+    theirs = selective_scan_fn(*gpu[:5], gpu[5], z=gpu[6], delta_bias=gpu[7], delta_softplus=True)
+    ref = selective_scan_ref(*xs, delta_softplus=True)
+    # Upstream's own fp32 tolerance for the CUDA kernel against the reference.
+    torch.testing.assert_close(ours, theirs)
+    torch.testing.assert_close(ours.cpu(), ref.detach(), rtol=6e-4, atol=2e-3)
+    gout = torch.randn_like(ref)
+    g_gpu = torch.autograd.grad(ours, gpu, gout.cuda())
+    g_ref = torch.autograd.grad(ref, xs, gout)
+    for a, b in zip(g_gpu, g_ref, strict=True):
+        torch.testing.assert_close(a.cpu(), b, rtol=6e-4, atol=2e-3)
