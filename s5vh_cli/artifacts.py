@@ -125,6 +125,10 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise InputError(f"{parent}: cannot write here ({e.strerror})") from None
     os.close(fd)
     tmp_path = Path(tmp)
+    # mkstemp creates 0600; give the final file the permissions a plain open() would (0666 & ~umask)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp_path, 0o666 & ~umask)
     try:
         yield tmp_path
         with open(tmp_path, "rb+") as f:
@@ -349,6 +353,7 @@ class Centers:
     config: dict[str, Any] = field(default_factory=dict)
     features_sha256: str = ""
     sha256: str = ""
+    kmeans_centroids: np.ndarray | None = None  # [K, p] raw k-means centroids (assign new videos); optional
 
     @property
     def n_clusters(self) -> int:
@@ -364,6 +369,8 @@ def write_centers(path: str | os.PathLike, c: Centers, prov: dict[str, Any]) -> 
         g = h5.create_group("pca")
         g.create_dataset("mean", data=np.asarray(c.pca_mean, dtype=np.float32))
         g.create_dataset("components", data=np.asarray(c.pca_components, dtype=np.float32))
+        if c.kmeans_centroids is not None:
+            h5.create_dataset("kmeans_centroids", data=np.asarray(c.kmeans_centroids, dtype=np.float32))
         hc = h5.create_group("hash_centers")
         for bits, m in sorted(c.hash_centers.items()):
             ds = hc.create_dataset(str(bits), data=np.asarray(m, dtype=np.int8))
@@ -392,6 +399,7 @@ def read_centers(path: str | os.PathLike) -> Centers:
             pca_mean=h5["pca/mean"][()], pca_components=h5["pca/components"][()],
             hash_centers=hcs, stats=stats, config=read_json_attr(h5, "config"),
             features_sha256=_attr_str(h5, "features_sha256"), sha256=sha256_file(path),
+            kmeans_centroids=h5["kmeans_centroids"][()] if "kmeans_centroids" in h5 else None,
         )
 
 

@@ -76,7 +76,7 @@ class TrainConfig:
     label_pred: str = "paper"  # or "released"
     seed: int = 1
     val_fraction: float = 0.0  # optional held-out split of the TRAINING file for model selection
-    eval_every: int = 0  # epochs between validation evaluations (0: never)
+    eval_every: int = 0  # epochs between validation evaluations when val_fraction > 0 (0: every epoch)
 
     def validate(self) -> TrainConfig:
         _choice("label_pred", self.label_pred, ("paper", "released"))
@@ -102,7 +102,25 @@ class CentersConfig:
     sweeps: int = 20
     patience: int = 5
     admm_alpha: float = 1.0
+    admm_iters: int = 150  # ADMM iterations per centre update (the released loop ran ~550)
+    rho_growth: float = 1.07
+    rho_max: float = 1e9
+    admm_block: int = 64  # centres proposed together from one snapshot, then accepted one by one
+    polish_flips: int = 8  # greedy single-bit flips applied to each ADMM proposal (0: off)
+    kmeans_max_points_per_centroid: int = 0  # 0: never subsample (faiss would sample K*this points)
+    kmeans_init: str = "kmeans++"  # or "random" (released: random data points)
 
+
+
+@dataclass
+class ExtractConfig:
+    """Frame sampling and backbone of `s5vh extract` (stored in the features artifact)."""
+
+    backbone: str = "mobilenet_v2"
+    frames: int = 25  # T frames kept per video (30: the ActivityNet convention)
+    sampling: str = "uniform"  # "uniform" (T frames spread over the video) or "fps=RATE" (first T at RATE/s)
+    batch_size: int = 32  # frames per forward pass
+    dtype: str = "float32"  # stored feature dtype: float32 or float16
 
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
