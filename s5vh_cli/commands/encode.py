@@ -1,5 +1,36 @@
-"""Subcommand module (being written)."""
+"""`s5vh encode`: turn a features file into binary codes with a trained model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import RichProgressSink
 
 
-def register(app) -> None:
-    return None
+def register(app: typer.Typer) -> None:
+    app.command("encode")(encode_command)
+
+
+def encode_command(
+    model: Path = typer.Argument(..., help="Model file from `s5vh train`."),
+    features: Path = typer.Argument(..., help="Features file from `s5vh extract` (or a public file with 'feats')."),
+    output: Path = typer.Option(..., "-o", "--output", help="Codes file to write."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Videos per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    ssm_backend: str = typer.Option("auto", "--ssm-backend", help="Selective scan: auto, torch, cpu, cuda, "
+                                    "reference."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
+) -> None:
+    """Encode every video of FEATURES into a packed binary code (bit = sign of the mean frame code, ties -> 1)."""
+    from ..encode import encode_file
+
+    if threads is not None:
+        import torch
+
+        torch.set_num_threads(threads)
+    sink = RichProgressSink(quiet=quiet)
+    encode_file(model, features, output, batch_size=batch_size, device=device, ssm_backend=ssm_backend,
+                        progress=sink)

@@ -1,5 +1,89 @@
-"""Subcommand module (being written)."""
+"""`s5vh train`: train an S5VH hashing model on a features file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from ._common import RichProgressSink, console
 
 
-def register(app) -> None:
-    return None
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)
+
+
+def train_command(
+    features: Path = typer.Argument(..., help="Features file from `s5vh extract` (or a public file with 'feats')."),
+    centers: Path | None = typer.Option(None, "--centers", help="Centres file from `s5vh centers`; computed "
+                                        "in-process when omitted."),
+    output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Model file to write."),
+    bits: int | None = typer.Option(None, "--bits", help="Code length in bits (multiple of 8) [default: 64]."),
+    preset: str = typer.Option("default", "--preset", help="Hyper-parameter preset: default, fcv, act, ucf, hmdb, "
+                               "demo."),
+    behaviour: str = typer.Option("paper", "--behaviour", help="paper: the method as published; released: every "
+                                  "departure of the authors' released code (docs/paper-vs-released.md)."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (preset value when omitted)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Videos per step."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (cosine decay to min_lr)."),
+    encoder: str | None = typer.Option(None, "--encoder", help="mamba (S5VH) or transformer (ConMH-style)."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
+    ssm_backend: str = typer.Option("auto", "--ssm-backend", help="Selective scan: auto, torch, cpu, cuda, "
+                                    "reference."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from <output>.run/last.pt exactly where it "
+                                "stopped."),
+    seed: int | None = typer.Option(None, "--seed", help="Random seed (initialisation, batches, masks)."),
+    val_fraction: float | None = typer.Option(None, "--val-fraction", help="Hold out this fraction of the "
+                                              "training file and keep the weights with the best validation loss."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch."),
+    mask_ratio: float | None = typer.Option(None, "--mask-ratio", help="Fraction of frames masked in each view."),
+    alpha: float | None = typer.Option(None, "--alpha", help="Weight of the contrastive loss."),
+    a_cluster: float | None = typer.Option(None, "--a-cluster", help="Weight of the centre-alignment loss."),
+    weight_decay: float | None = typer.Option(None, "--weight-decay", help="AdamW weight decay."),
+    warm_up_epochs: int | None = typer.Option(None, "--warm-up-epochs", help="Epochs before pseudo-label "
+                                              "smoothing starts."),
+    tie_directions: bool | None = typer.Option(None, "--tie-directions/--no-tie-directions",
+                                               help="Share weights between the forward and backward Mamba."),
+    decoder_order: str | None = typer.Option(None, "--decoder-order", help="temporal or visible_then_masked."),
+    mamba_init: str | None = typer.Option(None, "--mamba-init", help="mamba (Mamba's own init) or xavier."),
+    centers_mode: str | None = typer.Option(None, "--centers-mode", help="fixed (+-1 hash centres, frozen) or "
+                                            "learned (trainable prototypes)."),
+    label_pred: str | None = typer.Option(None, "--label-pred", help="Pseudo-label prediction: paper or released."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
+) -> None:
+    """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
+    hash centres). Writes OUTPUT, plus OUTPUT.run/ with last.pt (for --resume) and metrics.jsonl."""
+    import torch
+
+    from .. import artifacts, config
+    from ..device import resolve_device
+    from ..train import train
+
+    if threads is not None:
+        if threads < 1:
+            raise typer.BadParameter("must be at least 1", param_hint="--threads")
+        torch.set_num_threads(threads)
+    model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
+    model_cfg = config.replace(model_cfg, bits=bits, encoder=encoder, tie_directions=tie_directions,
+                               decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
+    train_cfg = config.replace(train_cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+                               val_fraction=val_fraction, label_pred=label_pred, mask_ratio=mask_ratio,
+                               alpha=alpha, a_cluster=a_cluster, weight_decay=weight_decay,
+                               warm_up_epochs=warm_up_epochs)
+    if seed is not None:
+        centers_cfg = config.replace(centers_cfg, seed=seed)
+    model_cfg.validate()
+    train_cfg.validate()
+    dev = resolve_device(device)
+    sink = RichProgressSink(quiet=quiet)
+    sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    feats = artifacts.read_features(features)
+    sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
+    cents = artifacts.read_centers(centers) if centers is not None else None
+    summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev, ssm_backend=ssm_backend,
+                    progress=sink, centers_cfg=centers_cfg)
+    last = summary["last"]
+    if not quiet:
+        console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
+                      f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
+                      f"metrics: {summary['metrics']}", highlight=False)

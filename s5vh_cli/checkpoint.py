@@ -1,0 +1,99 @@
+"""model.pt: a torch.save of plain types and tensors only, so it loads with ``weights_only=True`` (no code runs)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from . import __version__, artifacts
+from .artifacts import Features
+from .config import ModelConfig, TrainConfig, from_dict, to_dict
+from .errors import ArtifactError, InputError, S5VHError
+
+FORMAT_VERSION = 1
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def features_summary(features: Features) -> dict[str, Any]:
+    return {"backbone": features.backbone, "backbone_sha256": features.backbone_sha256,
+            "sampling": features.sampling, "frames": features.frames, "feature_dim": features.dim,
+            "sha256": features.sha256}
+
+
+def save_model(path: str | os.PathLike, model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig,
+               features: Features | dict[str, Any], extra: dict[str, Any] | None = None) -> None:
+    """Write a model artifact atomically under an exclusive lock."""
+    feats = features if isinstance(features, dict) else features_summary(features)
+    payload = {
+        "s5vh_artifact": "model",
+        "format_version": FORMAT_VERSION,
+        "producer": f"s5vh {__version__} train",
+        "model_config": to_dict(model_cfg),
+        "train_config": to_dict(train_cfg),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "features": dict(feats),
+        "extra": dict(extra or {}),
+    }
+    with artifacts.output_lock(path), artifacts.atomic_output(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def safe_torch_load(path: str | os.PathLike, what: str = "model") -> Any:
+    """torch.load with weights_only=True and one-line errors for missing, damaged or code-carrying files."""
+    path = Path(path)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file, expected a {what} file from `s5vh train`")
+    if path.is_dir():
+        raise ArtifactError(f"{path}: is a folder, expected a {what} file from `s5vh train`")
+    if path.stat().st_size == 0:
+        raise ArtifactError(f"{path}: empty file (0 bytes), expected a {what} file from `s5vh train`")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
+    if head == _HDF5_MAGIC:
+        raise ArtifactError(f"{path}: an HDF5 file, expected a {what} file from `s5vh train` (a .pt file)")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # UnpicklingError for objects outside the allow-list, RuntimeError for damaged zips
+        text = str(e)
+        if "weights_only" in text or "Unsupported global" in text or "unpickl" in text.lower():
+            raise ArtifactError(f"{path}: refused to load: it holds Python objects other than tensors and plain "
+                                f"types (possibly code); not a {what} file from `s5vh train`") from None
+        first = text.splitlines()[0][:160] if text else type(e).__name__
+        raise ArtifactError(f"{path}: damaged or truncated {what} file ({first})") from None
+
+
+def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
+               ssm_backend: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
+    """Rebuild the model saved by ``save_model``; returns (model in eval mode, the payload without weights)."""
+    from .model import S5VH
+
+    data = safe_torch_load(path)
+    if not isinstance(data, dict) or data.get("s5vh_artifact") != "model":
+        kind = data.get("s5vh_artifact") if isinstance(data, dict) else None
+        what = f"a {kind} file" if kind else "not an s5vh model"
+        raise ArtifactError(f"{path}: {what}; expected a model file from `s5vh train`")
+    ver = data.get("format_version")
+    if not isinstance(ver, int) or not 1 <= ver <= FORMAT_VERSION:
+        raise ArtifactError(f"{path}: model format version {ver} is not supported by s5vh {__version__}")
+    for key in ("model_config", "state_dict"):
+        if not isinstance(data.get(key), dict):
+            raise ArtifactError(f"{path}: model file lacks '{key}'")
+    try:
+        cfg = from_dict(ModelConfig, data["model_config"]).validate()
+    except S5VHError as e:
+        raise ArtifactError(f"{path}: bad model_config ({e})") from None
+    try:
+        model = S5VH(cfg, ssm_backend=ssm_backend)
+        model.load_state_dict(data["state_dict"], strict=True)
+    except RuntimeError as e:
+        raise ArtifactError(f"{path}: weights do not fit the stored model_config "
+                            f"({str(e).splitlines()[0][:160]})") from None
+    model.to(device).eval()
+    meta = {k: v for k, v in data.items() if k != "state_dict"}
+    return model, meta

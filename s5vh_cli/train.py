@@ -1,0 +1,346 @@
+"""Self-local-global training: masked-frame reconstruction (self), debiased contrast between two masked views
+(local), and alignment of video codes with hash centres under smoothed pseudo-labels (global).
+
+Checkpoints of the full training state go to ``<out>.run/last.pt`` after every epoch so that ``resume=True``
+continues bit-for-bit; per-epoch metrics go to ``<out>.run/metrics.jsonl``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import artifacts
+from .artifacts import Centers, Features
+from .checkpoint import features_summary, safe_torch_load, save_model
+from .config import CentersConfig, ModelConfig, TrainConfig, to_dict
+from .device import describe_device, resolve_device
+from .errors import InputError, MismatchError
+from .losses import center_alignment_loss, dcl_loss, reconstruction_loss
+from .model import S5VH
+from .progress import NULL, Progress
+
+RUN_STATE_VERSION = 1
+
+
+# ----------------------------------------------------------------------------------------------------------
+# masking
+# ----------------------------------------------------------------------------------------------------------
+def view_sizes(frames: int, mask_ratio: float) -> tuple[int, int]:
+    """(visible V, masked M) with M = floor(r*T) and V = T - M, as the released generator."""
+    m = int(math.floor(mask_ratio * frames))
+    v = frames - m
+    if v < 1 or m < 1:
+        raise InputError(f"mask_ratio {mask_ratio} leaves {v} visible and {m} masked of {frames} frames; "
+                         "both must be at least 1")
+    return v, m
+
+
+def two_view_masks(batch: int, frames: int, mask_ratio: float,
+                   generator: torch.Generator | None = None) -> tuple[torch.Tensor, ...]:
+    """Per video one random permutation pi of the frames: view 1 sees pi[0:V], view 2 sees pi[T-V:T].
+
+    Returns (visible1 [B,V], masked1 [B,M], visible2 [B,V], masked2 [B,M]) as long indices, each sorted into
+    temporal order.
+    """
+    v, _ = view_sizes(frames, mask_ratio)
+    perm = torch.rand(batch, frames, generator=generator).argsort(dim=1)
+    vis1, msk1 = perm[:, :v], perm[:, v:]
+    vis2, msk2 = perm[:, frames - v:], perm[:, :frames - v]
+    return tuple(t.sort(dim=1).values for t in (vis1, msk1, vis2, msk2))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+def run_dir(out_path: str | os.PathLike) -> Path:
+    out = Path(out_path)
+    return out.with_name(out.name + ".run")
+
+
+def _split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    if val_fraction <= 0:
+        return np.arange(n), np.arange(0)
+    n_val = int(round(n * val_fraction))
+    if n_val < 2 or n - n_val < 2:
+        raise InputError(f"val_fraction {val_fraction} of {n} videos leaves too few for training or validation")
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+def _batch(feats: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    # index in numpy so that only the batch is converted to float32 (the file may be float16)
+    return torch.from_numpy(np.ascontiguousarray(feats[idx], dtype=np.float32)).to(device)
+
+
+def _gather_frames(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
+
+
+def _in_process_centers(features: Features, model_cfg: ModelConfig, centers_cfg: CentersConfig | None,
+                        progress: Progress) -> Centers:
+    from . import centers as centers_mod
+
+    ccfg = centers_cfg or CentersConfig(n_clusters=model_cfg.n_clusters)
+    n = features.n
+    k = max(2, min(ccfg.n_clusters, n // 4))
+    pca = max(1, min(ccfg.pca_dim, features.dim, n - 1))
+    ccfg = dataclasses.replace(ccfg, n_clusters=k, pca_dim=pca, bits=[model_cfg.bits])
+    progress.log(f"no centres file given: computing {k} clusters and {model_cfg.bits}-bit hash centres "
+                 f"in-process (PCA {pca})")
+    return centers_mod.compute_centers(features.feats, ccfg, progress=progress, features_sha256=features.sha256)
+
+
+def _check_centers(centers: Centers, features: Features, model_cfg: ModelConfig) -> None:
+    if centers.pseudo_labels.shape[0] != features.n:
+        raise MismatchError(f"{centers.path}: centres hold pseudo-labels for {centers.pseudo_labels.shape[0]} videos "
+                            f"but {features.path} has {features.n}")
+    if centers.features_sha256 and features.sha256 and centers.features_sha256 != features.sha256:
+        raise MismatchError(f"{centers.path}: centres were computed from another features file "
+                            f"(sha256 {centers.features_sha256[:12]}..., {features.path} is {features.sha256[:12]}...)")
+    if model_cfg.centers_mode == "fixed" and model_cfg.bits not in centers.hash_centers:
+        have = ", ".join(str(b) for b in sorted(centers.hash_centers)) or "none"
+        raise MismatchError(f"{centers.path}: has hash centres for bits [{have}], not {model_cfg.bits}; "
+                            f"run `s5vh centers --bits {model_cfg.bits}`")
+
+
+def _rng_state(gen: torch.Generator, device: torch.device) -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "generator": gen.get_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], gen: torch.Generator, device: torch.device) -> None:
+    torch.set_rng_state(state["torch"])
+    gen.set_state(state["generator"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module, enabled: bool):
+    was = model.training
+    if enabled:
+        model.eval()
+    try:
+        yield
+    finally:
+        model.train(was)
+
+
+def _label_pred(model: S5VH, x: torch.Tensor, mode: str, tau_c: float) -> torch.Tensor:
+    """Soft cluster assignment of each video from all its frames (no gradient).
+
+    paper: eval mode, LN before the sign, logits scaled by 1/(L*tau_c). released: train mode (DropPath active),
+    no LN, unscaled logits.
+    """
+    with torch.no_grad(), _eval_mode(model, mode == "paper"):
+        codes = model.frame_codes(x, hash_norm=mode == "paper")
+        logits = model.center_logits(codes.mean(dim=1))
+        if mode == "paper":
+            logits = logits / (model.cfg.bits * tau_c)
+        return torch.softmax(logits, dim=-1)
+
+
+def _step_losses(model: S5VH, x: torch.Tensor, masks: tuple[torch.Tensor, ...], targets: torch.Tensor,
+                 tcfg: TrainConfig) -> dict[str, torch.Tensor]:
+    vis1, msk1, vis2, msk2 = (m.to(x.device) for m in masks)
+    b = x.shape[0]
+    # both views in one batched pass: every op is per sample, so this equals two separate passes
+    out = model(torch.cat([x, x], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
+    rec = reconstruction_loss([out["recon"][:b], out["recon"][b:]],
+                              [_gather_frames(x, msk1), _gather_frames(x, msk2)])
+    dcl = dcl_loss(out["mean_code"][:b], out["mean_code"][b:], tcfg.temperature, tcfg.tau_plus)
+    scale = 1.0 / (model.cfg.bits * tcfg.temperature_cluster)
+    ca = center_alignment_loss([out["logits"][:b] * scale, out["logits"][b:] * scale], targets)
+    total = rec + tcfg.alpha * dcl + tcfg.a_cluster * ca
+    return {"loss": total, "rec": rec, "dcl": dcl, "ca": ca}
+
+
+def _validate(model: S5VH, feats: np.ndarray, idx: np.ndarray, labels: torch.Tensor, tcfg: TrainConfig,
+              device: torch.device) -> float:
+    """Mean total loss on the held-out videos, eval mode, with masks from a fixed seed (comparable across epochs)."""
+    gen = torch.Generator().manual_seed(tcfg.seed + 7919)
+    totals, weights = 0.0, 0
+    with torch.no_grad(), _eval_mode(model, True):
+        for s in range(0, len(idx), tcfg.batch_size):
+            bi = idx[s:s + tcfg.batch_size]
+            if len(bi) < 2:
+                continue
+            x = _batch(feats, bi, device)
+            masks = two_view_masks(len(bi), x.shape[1], tcfg.mask_ratio, gen)
+            loss = _step_losses(model, x, masks, labels[s:s + len(bi)].to(device), tcfg)["loss"]
+            totals += float(loss) * len(bi)
+            weights += len(bi)
+    return totals / max(weights, 1)
+
+
+def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
+    with artifacts.atomic_output(path) as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+# ----------------------------------------------------------------------------------------------------------
+# training
+# ----------------------------------------------------------------------------------------------------------
+def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
+          out_path: str | os.PathLike, *, resume: bool = False, device: str | torch.device = "auto",
+          ssm_backend: str = "auto", progress: Progress | None = None,
+          centers_cfg: CentersConfig | None = None) -> dict[str, Any]:
+    """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict."""
+    from .ssm import resolve_backend
+
+    progress = progress or NULL
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise InputError(f"{out_path.parent}: output folder does not exist")
+    if out_path.is_dir():
+        raise InputError(f"{out_path}: is a folder, expected a model file name")
+    train_cfg = dataclasses.replace(train_cfg).validate()
+    model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
+    view_sizes(model_cfg.frames, train_cfg.mask_ratio)
+    dev = device if isinstance(device, torch.device) else resolve_device(device)
+    backend, backend_why = ("none", "transformer encoder: no selective scan")
+    if model_cfg.encoder == "mamba":
+        backend, backend_why = resolve_backend(ssm_backend, dev)
+    progress.log(f"device: {describe_device(dev)}; selective scan: {backend_why}")
+
+    if centers is None:
+        centers = _in_process_centers(features, model_cfg, centers_cfg, progress)
+    _check_centers(centers, features, model_cfg)
+    if centers.n_clusters != model_cfg.n_clusters:
+        model_cfg = dataclasses.replace(model_cfg, n_clusters=centers.n_clusters)
+    model_cfg.validate()
+    hash_centers = centers.hash_centers.get(model_cfg.bits) if model_cfg.centers_mode == "fixed" else None
+
+    train_idx, val_idx = _split(features.n, train_cfg.val_fraction, train_cfg.seed)
+    n_train = len(train_idx)
+    if n_train < 2:
+        raise InputError(f"{features.path}: at least 2 videos are needed to train, found {n_train}")
+    k = model_cfg.n_clusters
+    init_labels = torch.from_numpy(np.eye(k, dtype=np.float64)[centers.pseudo_labels])
+    feats = features.feats
+
+    torch.manual_seed(train_cfg.seed)
+    gen = torch.Generator().manual_seed(train_cfg.seed)
+    model = S5VH(model_cfg, hash_centers=hash_centers, ssm_backend=backend if backend != "none" else "auto").to(dev)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.999),
+                                  weight_decay=train_cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=train_cfg.epochs, eta_min=train_cfg.min_lr)
+    soft_labels = init_labels[torch.from_numpy(train_idx)].clone()
+    val_labels = init_labels[torch.from_numpy(val_idx)].clone() if len(val_idx) else None
+
+    rdir = run_dir(out_path)
+    rdir.mkdir(exist_ok=True)
+    # a second process training into the same output would overwrite this run's checkpoints
+    with artifacts.output_lock(rdir / "run", wait=False):
+        last_path, best_path, metrics_path = rdir / "last.pt", rdir / "best.pt", rdir / "metrics.jsonl"
+        fingerprint = {"model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
+                       "features_sha256": features.sha256, "centers_sha256": centers.sha256, "n_train": n_train}
+        start_epoch, best_loss, best_epoch, rows = 0, math.inf, -1, []
+        if resume:
+            if not last_path.exists():
+                raise InputError(f"{last_path}: nothing to resume (no checkpoint from an earlier run)")
+            state = safe_torch_load(last_path, what="training checkpoint")
+            if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
+                raise InputError(f"{last_path}: not a training checkpoint")
+            for key, val in fingerprint.items():
+                if state.get("fingerprint", {}).get(key) != val:
+                    raise MismatchError(f"{last_path}: cannot resume: {key.replace('_', ' ')} differs from the "
+                                        "checkpointed run (run without --resume to start over)")
+            model.load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            soft_labels = state["soft_labels"]
+            _set_rng_state(state["rng"], gen, dev)
+            start_epoch, best_loss, best_epoch = state["epoch"], state["best_loss"], state["best_epoch"]
+            if metrics_path.exists():
+                rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
+                rows = [r for r in rows if r.get("epoch", 0) <= start_epoch]
+            progress.log(f"resuming after epoch {start_epoch} of {train_cfg.epochs} from {last_path}")
+
+        steps = math.ceil(n_train / train_cfg.batch_size)
+        progress.log(f"training {model.n_parameters():,} parameters on {n_train} videos"
+                     f"{f' (+{len(val_idx)} for validation)' if len(val_idx) else ''}: {steps} steps x "
+                     f"{train_cfg.epochs - start_epoch} epochs")
+        progress.start("train", total=steps * (train_cfg.epochs - start_epoch))
+        t_start = time.perf_counter()
+        last_row: dict[str, Any] = rows[-1] if rows else {}
+        try:
+            for epoch in range(start_epoch, train_cfg.epochs):
+                t0 = time.perf_counter()
+                model.train()
+                lr = optimizer.param_groups[0]["lr"]
+                sums, seen = {"loss": 0.0, "rec": 0.0, "dcl": 0.0, "ca": 0.0}, 0
+                order = torch.randperm(n_train, generator=gen).numpy()
+                smoothing = epoch >= train_cfg.warm_up_epochs
+                for s in range(0, n_train, train_cfg.batch_size):
+                    pos = order[s:s + train_cfg.batch_size]
+                    if len(pos) < 2:
+                        progress.advance(1, epoch=epoch + 1)
+                        continue  # one video has no negatives for the contrastive term
+                    x = _batch(feats, train_idx[pos], dev)
+                    masks = two_view_masks(len(pos), x.shape[1], train_cfg.mask_ratio, gen)
+                    pos_t = torch.from_numpy(pos)
+                    if smoothing:
+                        p = _label_pred(model, x, train_cfg.label_pred, train_cfg.temperature_cluster).double().cpu()
+                        soft_labels[pos_t] = (1 - train_cfg.smoothing_alpha) * soft_labels[pos_t] + \
+                            train_cfg.smoothing_alpha * p
+                    targets = soft_labels[pos_t].to(dev)
+                    losses = _step_losses(model, x, masks, targets, train_cfg)
+                    optimizer.zero_grad(set_to_none=True)
+                    losses["loss"].backward()
+                    optimizer.step()
+                    vals = {k: float(v.detach()) for k, v in losses.items()}
+                    for kk, vv in vals.items():
+                        sums[kk] += vv * len(pos)
+                    seen += len(pos)
+                    progress.advance(1, epoch=epoch + 1, **{kk: round(vv, 4) for kk, vv in vals.items()})
+                scheduler.step()
+                row = {"epoch": epoch + 1, "lr": lr, **{kk: vv / max(seen, 1) for kk, vv in sums.items()},
+                       "time_s": round(time.perf_counter() - t0, 3)}
+                if len(val_idx) and (train_cfg.eval_every <= 0 or (epoch + 1) % train_cfg.eval_every == 0
+                                     or epoch + 1 == train_cfg.epochs):
+                    row["val_loss"] = _validate(model, feats, val_idx, val_labels, train_cfg, dev)
+                    if row["val_loss"] < best_loss:
+                        best_loss, best_epoch = row["val_loss"], epoch + 1
+                        with artifacts.atomic_output(best_path) as tmp:
+                            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+                rows.append(row)
+                last_row = row
+                state = {"s5vh_artifact": "train_state", "version": RUN_STATE_VERSION, "epoch": epoch + 1,
+                         "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "soft_labels": soft_labels,
+                         "rng": _rng_state(gen, dev), "best_loss": best_loss, "best_epoch": best_epoch}
+                with artifacts.atomic_output(last_path) as tmp:
+                    torch.save(state, tmp)
+                _write_metrics(metrics_path, rows)
+        finally:
+            progress.finish()
+        elapsed = time.perf_counter() - t_start
+
+        selected = train_cfg.epochs
+        if len(val_idx) and best_epoch > 0:
+            model.load_state_dict(safe_torch_load(best_path, what="training checkpoint"))
+            selected = best_epoch
+            progress.log(f"keeping the epoch-{best_epoch} weights (best validation loss {best_loss:.4f})")
+        extra = {"epochs": train_cfg.epochs, "selected_epoch": selected, "ssm_backend": backend,
+                 "device": str(dev), "n_train": n_train, "n_val": len(val_idx), "centers_sha256": centers.sha256,
+                 "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))}}
+        save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+        progress.log(f"model written to {out_path}")
+        return {"model": str(out_path), "run_dir": str(rdir), "metrics": str(metrics_path), "epochs": train_cfg.epochs,
+                "epochs_run": train_cfg.epochs - start_epoch, "selected_epoch": selected, "seconds": round(elapsed, 2),
+                "n_train": n_train, "n_val": int(len(val_idx)), "device": str(dev), "ssm_backend": backend,
+                "ssm_backend_reason": backend_why, "n_parameters": model.n_parameters(), "last": last_row,
+                "best_val_loss": None if math.isinf(best_loss) else best_loss}
