@@ -1,0 +1,280 @@
+"""Video decoding: probe a file, choose which frames to keep, decode only those.
+
+Sampling rules (docs/extract.md has the full table):
+- ``uniform``: T frames at the centres of T equal segments of the frame range,
+  ``index_i = floor((i + 0.5) * N / T)``. A video with fewer than T frames repeats frames in order.
+- ``fps=F``: one frame every 1/F seconds starting at t=0, ``index_k = floor(k * src_fps / F)``, at most T of
+  them (the first T); a shorter video is padded to T by repeating its last sampled frame.
+
+Frames are reached by grabbing (decode without colour conversion) across short gaps and by seeking across
+long ones; a seek is verified against the decoder's own frame position and replaced by grabbing when it
+lands elsewhere. When the container overstates its frame count, decoding stops early, the real count is
+taken from the decoder and the indices are chosen again from it. No torch here: this module runs in the
+decode worker processes.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .errors import InputError, VideoError
+
+VIDEO_EXTENSIONS = frozenset({
+    ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
+    ".m2ts", ".ogv", ".vob", ".asf", ".divx", ".gif", ".y4m",
+})
+# Quiet the decoder's own console messages about broken files: failures are reported once, by us.
+os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
+os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
+SEEK_GAP = 64  # frames: a longer gap between wanted frames is crossed by seeking, a shorter one by grabbing
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How frames are chosen; ``str()`` is the form stored in the artifact's ``sampling`` attribute."""
+
+    mode: str  # "uniform" or "fps"
+    rate: float = 0.0  # frames per second, for mode "fps"
+
+    def __str__(self) -> str:
+        return "uniform" if self.mode == "uniform" else f"fps={self.rate:g}"
+
+
+def parse_sampling(text: str) -> Sampling:
+    """Parse ``"uniform"`` or ``"fps=1.0"`` (the artifact's ``sampling`` attribute) back into a Sampling."""
+    s = (text or "").strip().lower()
+    if s == "uniform":
+        return Sampling("uniform")
+    m = re.fullmatch(r"fps\s*=\s*([0-9]*\.?[0-9]+(?:e[-+]?[0-9]+)?)", s)
+    if m:
+        rate = float(m.group(1))
+        if rate > 0 and math.isfinite(rate):
+            return Sampling("fps", rate)
+    raise InputError(f"sampling {text!r} is not understood; expected 'uniform' or 'fps=RATE' with RATE > 0")
+
+
+@dataclass
+class VideoInfo:
+    path: str
+    frame_count: int  # as the container states it (may be wrong; 0 when unknown)
+    fps: float  # as the container states it (0 when unknown)
+    width: int
+    height: int
+
+    @property
+    def duration(self) -> float:
+        return self.frame_count / self.fps if self.fps > 0 else 0.0
+
+
+@dataclass
+class Clip:
+    """The frames kept from one video, already resized and cropped, RGB uint8 [T, S, S, 3]."""
+
+    path: str
+    frames: np.ndarray
+    indices: np.ndarray  # [T] frame index of each kept frame (repeats where padded)
+    times: np.ndarray  # [T] decoder timestamp of each kept frame, seconds
+    frame_count: int  # frames really in the video when decoding reached the end, else the stated count
+    fps: float
+    duration: float
+    valid: int  # how many of the T frames are distinct samples (the rest repeat for padding)
+    notes: list[str] = field(default_factory=list)
+
+
+def _open(path: str):
+    import cv2
+
+    if not os.path.exists(path):
+        raise VideoError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise VideoError(f"{path}: is a folder, not a video")
+    if not os.access(path, os.R_OK):
+        raise VideoError(f"{path}: permission denied")
+    if os.path.getsize(path) == 0:
+        raise VideoError(f"{path}: empty file (0 bytes)")
+    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    if not cap.isOpened():
+        cap.release()
+        raise VideoError(f"{path}: not a video OpenCV can open (unknown container, corrupt header or not a video)")
+    return cap
+
+
+def probe(path: str) -> VideoInfo:
+    """Container metadata. Raises VideoError when the file cannot be opened as a video."""
+
+    cap = _open(path)
+    try:
+        return _info(cap, path)
+    finally:
+        cap.release()
+
+
+def _info(cap, path: str) -> VideoInfo:
+    import cv2
+
+    n = cap.get(cv2.CAP_PROP_FRAME_COUNT)
+    fps = cap.get(cv2.CAP_PROP_FPS)
+    n = int(n) if math.isfinite(n) and n > 0 else 0
+    fps = float(fps) if math.isfinite(fps) and 0 < fps < 10000 else 0.0
+    return VideoInfo(path, n, fps, int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+
+
+def sample_indices(n_frames: int, frames: int, sampling: Sampling | str = "uniform",
+                   fps: float = 0.0) -> tuple[np.ndarray, int]:
+    """Frame indices to keep, always ``frames`` of them, and how many are distinct samples.
+
+    ``uniform``: centres of ``frames`` equal segments (frames repeat in order when ``n_frames < frames``).
+    ``fps=F``: ``floor(k * fps / F)`` for k = 0, 1, ... inside the video, the first ``frames`` of them, padded
+    by repeating the last one. A video whose frame rate is unknown is treated as 25 frames/s.
+    """
+    if isinstance(sampling, str):
+        sampling = parse_sampling(sampling)
+    if n_frames < 1:
+        raise VideoError("video has no frames")
+    if frames < 1:
+        raise InputError(f"frames must be at least 1, got {frames}")
+    if sampling.mode == "uniform":
+        idx = np.floor((np.arange(frames) + 0.5) * n_frames / frames).astype(np.int64)
+        return np.minimum(idx, n_frames - 1), min(frames, n_frames)
+    src = fps if fps > 0 else 25.0
+    step = src / sampling.rate
+    count = min(frames, max(1, math.ceil(n_frames / step - 1e-9)))
+    idx = np.floor(np.arange(count) * step + 1e-9).astype(np.int64)
+    idx = np.minimum(idx, n_frames - 1)
+    if count < frames:
+        idx = np.concatenate([idx, np.full(frames - count, idx[-1], dtype=np.int64)])
+    return idx, count
+
+
+def resize_crop(frame_bgr: np.ndarray, size: int, resize: int) -> np.ndarray:
+    """Shorter side to ``resize`` (area filter when shrinking, bilinear when enlarging), centre crop
+    ``size`` x ``size``, BGR to RGB. This is torchvision's ImageNet evaluation transform with OpenCV filters."""
+    import cv2
+
+    h, w = frame_bgr.shape[:2]
+    scale = resize / min(h, w)
+    nh, nw = max(size, round(h * scale)), max(size, round(w * scale))
+    interp = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    img = cv2.resize(frame_bgr, (nw, nh), interpolation=interp)
+    top, left = (nh - size) // 2, (nw - size) // 2
+    img = img[top:top + size, left:left + size]
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_frames(path: str, frames: int, sampling: Sampling | str = "uniform", *, size: int = 224,
+                resize: int = 256, seek_gap: int = SEEK_GAP) -> Clip:
+    """Decode the sampled frames of one video, resized and cropped to ``size``. Raises VideoError."""
+    import cv2
+
+    if isinstance(sampling, str):
+        sampling = parse_sampling(sampling)
+    cap = _open(path)
+    try:
+        info = _info(cap, path)
+        notes: list[str] = []
+        n = info.frame_count
+        if n <= 0:  # unknown length (some streams): count by grabbing, then sample
+            n = _count_frames(cap)
+            notes.append(f"frame count unknown in the container; counted {n} by decoding")
+            cap.release()
+            cap = _open(path)
+        if n <= 0:
+            raise VideoError(f"{path}: no decodable frames")
+        for _attempt in range(2):
+            idx, valid = sample_indices(n, frames, sampling, info.fps)
+            try:
+                got, real_n = _decode_indices(cap, idx, size, resize, seek_gap)
+            except _SeekMissed:  # this file does not seek exactly: decode from the start, grabbing only
+                notes.append("seeking is not frame-exact in this file; decoded from the start")
+                seek_gap = 1 << 62
+                cap.release()
+                cap = _open(path)
+                got, real_n = _decode_indices(cap, idx, size, resize, seek_gap)
+            if got is not None:
+                break
+            # the container overstated its length: resample over the frames that really exist
+            if real_n <= 0:
+                raise VideoError(f"{path}: no decodable frames (the file is corrupt or truncated)")
+            notes.append(f"container states {n} frames but only {real_n} decode; sampled from {real_n}")
+            n = real_n
+            cap.release()
+            cap = _open(path)
+        else:  # pragma: no cover - the second pass samples only frames that decoded in the first
+            raise VideoError(f"{path}: frames stop decoding part-way (the file is corrupt or truncated)")
+        images, times = got
+        fps = info.fps
+        return Clip(path=path, frames=images, indices=idx, times=times, frame_count=n, fps=fps,
+                    duration=n / fps if fps > 0 else 0.0, valid=valid, notes=notes)
+    except cv2.error as e:
+        raise VideoError(f"{path}: OpenCV failed to decode ({str(e).strip().splitlines()[-1][:120]})") from None
+    finally:
+        cap.release()
+
+
+class _SeekMissed(Exception):
+    pass
+
+
+def _count_frames(cap) -> int:
+    n = 0
+    while cap.grab():
+        n += 1
+    return n
+
+
+def _decode_indices(cap, idx: np.ndarray, size: int, resize: int, seek_gap: int):
+    """Return ((images, times), n) or (None, frames_seen) when the video ends before the last wanted index.
+
+    A gap longer than ``seek_gap`` frames is crossed by a seek while seeking stays cheaper than grabbing
+    through the gap would be: a seek decodes from the previous keyframe, so with long keyframe intervals
+    (common in H.264) grabbing wins, and the measured costs decide per video.
+    """
+    import time
+
+    import cv2
+
+    wanted = sorted(set(int(i) for i in idx))
+    kept: dict[int, tuple[np.ndarray, float]] = {}
+    pos = 0  # index of the next frame grab() would return
+    grab_s, grabs, seek_s = 0.0, 0, 0.0
+    for target in wanted:
+        gap = target - pos
+        per_grab = grab_s / grabs if grabs else 0.0
+        if gap > seek_gap and (not seek_s or not grabs or seek_s < gap * per_grab):
+            t0 = time.perf_counter()
+            if not _seek(cap, target):
+                raise _SeekMissed
+            seek_s = time.perf_counter() - t0
+            pos = target
+        t0 = time.perf_counter()
+        n0 = pos
+        while pos < target:
+            if not cap.grab():
+                return None, pos
+            pos += 1
+        if pos > n0:
+            grab_s += time.perf_counter() - t0
+            grabs += pos - n0
+        ok, frame = cap.read()
+        if not ok or frame is None:
+            return None, pos
+        t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
+        kept[target] = (resize_crop(frame, size, resize), t)
+        pos += 1
+    images = np.stack([kept[int(i)][0] for i in idx])
+    times = np.array([kept[int(i)][1] for i in idx], dtype=np.float64)
+    return (images, times), pos
+
+
+def _seek(cap, target: int) -> bool:
+    """Seek so that the next frame read is ``target``; verified with the decoder's own position."""
+    import cv2
+
+    if not cap.set(cv2.CAP_PROP_POS_FRAMES, target):
+        return False
+    return int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) == target
