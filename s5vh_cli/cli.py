@@ -18,6 +18,7 @@ except ImportError:  # pragma: no cover - older typer depends on click
 
 from . import __version__
 from .commands import centers as _centers
+from .commands import demo as _demo
 from .commands import encode as _encode
 from .commands import evaluate as _evaluate
 from .commands import extract as _extract
@@ -25,7 +26,6 @@ from .commands import index as _index
 from .commands import info as _info
 from .commands import query as _query
 from .commands import train as _train
-from .commands import demo as _demo
 from .commands._common import err_console
 from .errors import S5VHError
 
@@ -66,7 +66,9 @@ def main(argv: list[str] | None = None) -> None:
     args = [a for a in args if a != "--debug"]
     command = typer.main.get_command(app)
     try:
-        command.main(args=args, prog_name="s5vh", standalone_mode=False)
+        rc = command.main(args=args, prog_name="s5vh", standalone_mode=False)
+        if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+            sys.exit(rc)  # typer.Exit(code) comes back as a return value when standalone_mode is off
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except _cx.ClickException as e:  # usage errors: bad option, missing argument, bad value

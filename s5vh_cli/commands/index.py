@@ -1,5 +1,155 @@
-"""Subcommand module (being written)."""
+"""`s5vh index`: build a Hamming index from codes, add to it, remove from it, inspect and check it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import typer
+from typer.core import TyperGroup
+
+from ._common import RichProgressSink, console, print_json
+
+SUBCOMMANDS = ("build", "add", "remove", "info")
 
 
-def register(app) -> None:
-    return None
+class _BuildByDefault(TyperGroup):
+    """`s5vh index CODES -o OUT` means `s5vh index build CODES -o OUT`; named subcommands work as usual."""
+
+    def parse_args(self, ctx, args: list[str]) -> list[str]:  # noqa: ANN001 - click signature
+        if args and args[0] not in self.commands and args[0] not in ("-h", "--help"):
+            args = ["build", *args]
+        return super().parse_args(ctx, args)
+
+
+def _params(nprobe: int | None, ef_search: int | None, nflip: int | None):
+    from ..index import IndexParams
+
+    return IndexParams(nprobe=nprobe, ef_search=ef_search, nflip=nflip)
+
+
+def _summary(info: dict[str, Any], title: str) -> None:
+    from rich.table import Table
+
+    from ..artifacts import display_path
+
+    t = Table(title=title, show_header=False, box=None)
+    for k in ("index", "type", "exact", "bits", "count", "next_key", "model_sha256", "model_path", "backbone",
+              "sampling", "frames", "params", "index_bytes"):
+        if k in info and info[k] not in (None, ""):
+            v = info[k]
+            t.add_row(k, display_path(str(v)) if isinstance(v, str) else str(v))
+    for s in info.get("sources", []):
+        t.add_row("source", f"{display_path(s.get('path', ''))} ({s.get('count')} codes, sha256 "
+                            f"{str(s.get('sha256', ''))[:12]})")
+    console.print(t)
+
+
+def register(app: typer.Typer) -> None:
+    sub = typer.Typer(
+        cls=_BuildByDefault, no_args_is_help=True, add_completion=False, rich_markup_mode=None,
+        help="Build a Hamming index from codes (`s5vh index codes.h5 -o index.bin`), or add/remove/inspect one.\n\n"
+        "index.bin is a plain faiss binary index (faiss.read_index_binary opens it); ids, paths and provenance "
+        "live beside it in index.bin.meta.h5.",
+    )
+
+    @sub.command("build")
+    def build(
+        codes: list[Path] = typer.Argument(..., help="Codes file(s) from `s5vh encode` (same model)."),
+        out: Path = typer.Option(..., "-o", "--out", help="Index file to write (its metadata goes to OUT.meta.h5)."),
+        index_type: str = typer.Option("BFlat", "--type", "-t",
+                                       help="faiss factory name: BFlat (exact), BHNSW<M> (e.g. BHNSW32), "
+                                       "BIVF<nlist> (e.g. BIVF1024), BHash<b>, BHash<m>x<b> (multi-index hashing)."),
+        nprobe: int | None = typer.Option(None, help="BIVF: inverted lists probed per query (faiss default 1)."),
+        ef_search: int | None = typer.Option(None, help="BHNSW: search candidate-list size (faiss default 16)."),
+        nflip: int | None = typer.Option(None, help="BHash: bits flipped per table when probing (default 0)."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    ) -> None:
+        """Build an index from codes. Keys (int64 faiss ids) are assigned 0, 1, 2... in file order."""
+        from .. import artifacts
+        from ..index import build_index
+
+        parts = [artifacts.read_codes(c) for c in codes]
+        h = build_index(parts, out, index_type, params=_params(nprobe, ef_search, nflip),
+                        progress=RichProgressSink(quiet=as_json))
+        info = h.info()
+        if as_json:
+            print_json(info)
+        else:
+            _summary(info, f"built {out}")
+
+    @sub.command("add")
+    def add(
+        index: Path = typer.Argument(..., help="Index file made by `s5vh index`."),
+        codes: Path = typer.Argument(..., help="Codes file from the same model and bit length."),
+        allow_duplicates: bool = typer.Option(False, help="Add a codes file even if it was already added."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    ) -> None:
+        """Append codes to an index (new keys continue after the largest ever assigned)."""
+        from .. import artifacts
+        from ..index import add_codes
+
+        c = artifacts.read_codes(codes)
+        h, new = add_codes(index, c, progress=RichProgressSink(quiet=as_json), allow_duplicates=allow_duplicates)
+        info = h.info() | {"added": int(new.size),
+                           "added_keys": [int(new[0]), int(new[-1])] if new.size else []}
+        if as_json:
+            print_json(info)
+        else:
+            _summary(info, f"added {new.size} codes to {index}")
+
+    @sub.command("remove")
+    def remove(
+        index: Path = typer.Argument(..., help="Index file made by `s5vh index`."),
+        ids: list[str] = typer.Option([], "--id", help="String id (as in the codes file) to remove; repeatable."),
+        keys: list[int] = typer.Option([], "--key", help="Database key (faiss id) to remove; repeatable."),
+        paths: list[str] = typer.Option([], "--path", help="Video path to remove; repeatable."),
+        ids_file: Path | None = typer.Option(None, "--ids-file", help="File with one string id per line."),
+        as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
+    ) -> None:
+        """Remove entries by id, key or path. Every name must exist, else nothing is removed."""
+        from ..errors import InputError
+        from ..index import remove as remove_entries
+
+        names = list(ids)
+        if ids_file is not None:
+            try:
+                names += [ln.strip() for ln in ids_file.read_text().splitlines() if ln.strip()]
+            except OSError as e:
+                raise InputError(f"{ids_file}: cannot read ({e.strerror or e})") from None
+        h, gone = remove_entries(index, keys=keys, ids=names, paths=paths, progress=RichProgressSink(quiet=as_json))
+        info = h.info() | {"removed": int(gone.size), "removed_keys": gone.tolist()}
+        if as_json:
+            print_json(info)
+        else:
+            _summary(info, f"removed {gone.size} entries from {index}")
+
+    @sub.command("info")
+    def info(
+        index: Path = typer.Argument(..., help="Index file made by `s5vh index`."),
+        check: bool = typer.Option(False, "--check", help="Measure recall@k against exact search on sampled "
+                                   "database codes."),
+        k: int = typer.Option(20, "-k", help="k for --check."),
+        queries: int = typer.Option(1000, help="Sampled queries for --check."),
+        nprobe: int | None = typer.Option(None, help="BIVF: override nprobe for --check."),
+        ef_search: int | None = typer.Option(None, help="BHNSW: override efSearch for --check."),
+        nflip: int | None = typer.Option(None, help="BHash: override nflip for --check."),
+        as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
+    ) -> None:
+        """Show what an index holds and where it came from; --check measures its recall."""
+        from ..index import check_recall, open_index
+
+        h = open_index(index, params=_params(nprobe, ef_search, nflip))
+        data = h.info()
+        if check:
+            data["check"] = check_recall(h, k=k, n_queries=queries)
+        if as_json:
+            print_json(data)
+            return
+        _summary(data, str(index))
+        if check:
+            c = data["check"]
+            console.print(f"recall@{c['k']} vs exact: {c['recall']:.4f} (id overlap {c['id_recall']:.4f}) over "
+                          f"{c['queries']} sampled queries, {c['queries_per_s']:.0f} queries/s")
+
+    app.add_typer(sub, name="index")

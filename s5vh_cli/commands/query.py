@@ -1,5 +1,86 @@
-"""Subcommand module (being written)."""
+"""`s5vh query`: the indexed videos nearest to clips, features or codes, by Hamming distance."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import typer
+
+from ._common import RichProgressSink, console, print_json
 
 
-def register(app) -> None:
-    return None
+def register(app: typer.Typer) -> None:
+    @app.command("query")
+    def query_command(
+        index: Path = typer.Argument(..., help="Index file made by `s5vh index`."),
+        inputs: list[str] = typer.Argument(..., help="Video file(s), folder(s) of videos, list files, a features "
+                                           ".h5 file or a codes .h5 file."),
+        topk: int | None = typer.Option(None, "--topk", "-k", help="Results per query [default: 20; with --radius: "
+                                        "all within the radius]."),
+        radius: int | None = typer.Option(None, "--radius", "-r", help="Return every entry within this Hamming "
+                                          "distance (bits, inclusive)."),
+        exclude_self: bool = typer.Option(False, "--exclude-self", help="Drop results that are the query itself "
+                                          "(same path; same id when the query has no path)."),
+        as_json: bool = typer.Option(False, "--json", help="Print one JSON document."),
+        as_jsonl: bool = typer.Option(False, "--jsonl", help="Print one JSON line per query."),
+        model: Path | None = typer.Option(None, "--model", help="Model file [default: the one recorded in the "
+                                          "index]; its sha256 must match."),
+        weights: Path | None = typer.Option(None, "--weights", help="Backbone weights file for clip inputs "
+                                            "[default: the backbone's registered weights]."),
+        device: str = typer.Option("auto", help="Device for clip and feature inputs: auto, cpu, cuda, cuda:N."),
+        ssm_backend: str = typer.Option("auto", help="Selective-scan backend: auto, cpu, torch, reference, cuda."),
+        batch_size: int = typer.Option(32, help="Frames per backbone batch / videos per encode batch."),
+        nprobe: int | None = typer.Option(None, help="BIVF indexes: inverted lists probed per query."),
+        ef_search: int | None = typer.Option(None, help="BHNSW indexes: search candidate-list size."),
+        nflip: int | None = typer.Option(None, help="BHash indexes: bit flips probed per table."),
+    ) -> None:
+        """Rank indexed videos by Hamming distance to each input (ties broken by key, so output is deterministic).
+
+        Exit code: 0 when at least one result was found, 1 when none (e.g. nothing within --radius), 2 on error.
+        """
+        from ..errors import InputError
+        from ..index import IndexParams
+        from ..query import query
+
+        if as_json and as_jsonl:
+            raise InputError("give --json or --jsonl, not both")
+        if topk is not None and topk < 1:
+            raise InputError(f"--topk must be at least 1, got {topk}")
+        k = topk if topk is not None else (None if radius is not None else 20)
+        machine = as_json or as_jsonl
+        out = query(index, inputs, topk=k or 0, radius=radius, exclude_self=exclude_self,
+                    model_path=str(model) if model else None, device=device, ssm_backend=ssm_backend,
+                    batch_size=batch_size, weights=str(weights) if weights else None,
+                    params=IndexParams(nprobe=nprobe, ef_search=ef_search, nflip=nflip),
+                    progress=RichProgressSink(quiet=machine))
+        if as_json:
+            print_json(out.to_json())
+        elif as_jsonl:
+            for rec in out.to_records():
+                sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
+            sys.stdout.flush()
+        else:
+            _table(out)
+        if out.found == 0:
+            raise typer.Exit(1)
+
+
+def _table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
+    from rich.table import Table
+
+    what = f"within distance {out.radius}" if out.radius is not None else f"top {out.topk}"
+    exact = "exact" if out.index.exact else f"approximate ({out.index.index_type})"
+    t = Table(title=f"{out.index.path}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}")
+    for col, just in (("query", "left"), ("rank", "right"), ("distance", "right"), ("key", "right"),
+                      ("id", "left"), ("path", "left")):
+        t.add_column(col, justify=just, overflow="fold")
+    for rec in out.to_records():
+        if not rec["results"]:
+            t.add_row(rec["query"], "-", "-", "-", "(no results)", "")
+        for r in rec["results"]:
+            t.add_row(rec["query"] if r["rank"] == 1 else "", str(r["rank"]), str(r["distance"]), str(r["key"]),
+                      r["id"], r["path"])
+        t.add_section()
+    console.print(t)

@@ -1,0 +1,261 @@
+"""Query an index with clips, features or codes and return ranked (distance, key, id, path) results.
+
+Video clips go through the same chain as the indexed videos: the backbone, frame count and sampling recorded
+with the index (``extract_clips``), the model whose sha256 the index records (``encode_array``), then the
+index search. Features files are encoded with that model; codes files are searched directly. Every input's
+model must be the index's model, else the Hamming distances mean nothing and a MismatchError says so.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from . import artifacts
+from .codes import to_hex
+from .errors import InputError, MismatchError
+from .index import HammingIndex, IndexParams, open_index, range_search, search
+from .progress import NULL, Progress
+
+
+@dataclass
+class QueryInput:
+    name: str  # what the user gave (clip path, or "file.h5:id")
+    id: str
+    path: str
+    code: np.ndarray | None = None
+
+
+@dataclass
+class QueryOutcome:
+    index: HammingIndex
+    queries: list[QueryInput]
+    results: list[tuple[np.ndarray, np.ndarray]]  # per query (distances, keys), (distance, key) order
+    timings: dict[str, float] = field(default_factory=dict)
+    topk: int | None = None
+    radius: int | None = None
+
+    @property
+    def found(self) -> int:
+        return int(sum(len(d) for d, _ in self.results))
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-ready object per query (the schema in docs/search.md)."""
+        row = self.index.row_of()
+        out = []
+        for q, (d, keys) in zip(self.queries, self.results, strict=True):
+            hits = []
+            for r, (dist, key) in enumerate(zip(d.tolist(), keys.tolist(), strict=True), start=1):
+                i = row[key]
+                hits.append({"rank": r, "distance": int(dist), "key": int(key), "id": self.index.ids[i],
+                             "path": artifacts.display_path(self.index.paths[i])})
+            out.append({"query": artifacts.display_path(q.name), "query_id": q.id,
+                        "query_path": artifacts.display_path(q.path),
+                        "code": to_hex(q.code) if q.code is not None else None, "results": hits})
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {"index": str(self.index.path), "type": self.index.index_type, "exact": self.index.exact,
+                "bits": self.index.bits, "count": self.index.n, "topk": self.topk, "radius": self.radius,
+                "timings": {k: round(v, 6) for k, v in self.timings.items()}, "queries": self.to_records()}
+
+
+def _h5_kind(path: str) -> str | None:
+    """'codes' or 'features' for an HDF5 input, None for anything else (treated as a video)."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        if not h5py.is_hdf5(p):
+            return None
+        with h5py.File(p, "r") as f:
+            kind = f.attrs.get("s5vh_artifact")
+            kind = kind.decode() if isinstance(kind, bytes) else kind
+            if kind is None and "feats" in f:
+                return "features"
+    except OSError:
+        return None
+    if kind in ("codes", "features"):
+        return kind
+    raise InputError(f"{path}: a {kind or 'non-s5vh HDF5'} file; query takes videos, a folder, a features file "
+                     "or a codes file")
+
+
+class _ModelCache:
+    """Loads the index's model at most once, and only if some input needs it."""
+
+    def __init__(self, h: HammingIndex, model_path: str | None, device: str, ssm_backend: str,
+                 progress: Progress) -> None:
+        self.h, self.model_path, self.device, self.ssm_backend, self.progress = h, model_path, device, ssm_backend, progress
+        self.model = None
+        self.meta: dict[str, Any] = {}
+        self.dev = None
+
+    def get(self):
+        if self.model is not None:
+            return self.model, self.meta
+        from .checkpoint import load_model
+        from .device import describe_device, resolve_device
+
+        path = self.model_path or str(self.h.provenance.get("model_path") or "")
+        if not path:
+            raise InputError(f"{self.h.path}: the index does not record a model file; pass --model PATH")
+        if not Path(path).is_file():
+            how = "given with --model" if self.model_path else "recorded in the index"
+            raise InputError(f"{path}: model file {how} not found; pass --model PATH (the model that made the codes)")
+        sha = artifacts.sha256_file(path)
+        if self.h.model_sha256 and sha != self.h.model_sha256:
+            raise MismatchError(f"{path}: model sha256 {sha[:12]} is not the model that made {self.h.path} "
+                                f"({self.h.model_sha256[:12]})")
+        self.dev = resolve_device(self.device)
+        model, meta = load_model(path, device="cpu")
+        why = "transformer encoder: no selective scan"
+        if model.cfg.encoder == "mamba":
+            from .ssm import resolve_backend
+
+            backend, why = resolve_backend(self.ssm_backend, self.dev)
+            model.set_backend(backend)
+        if model.cfg.bits != self.h.bits:
+            raise MismatchError(f"{path}: model makes {model.cfg.bits}-bit codes but {self.h.path} holds "
+                                f"{self.h.bits}-bit codes")
+        self.progress.log(f"model {path}; device: {describe_device(self.dev)}; selective scan: {why}")
+        self.model, self.meta = model.to(self.dev), meta
+        return self.model, self.meta
+
+
+def _encode(cache: _ModelCache, feats: np.ndarray, batch_size: int, progress: Progress) -> np.ndarray:
+    from .encode import encode_array
+
+    model, _ = cache.get()
+    return encode_array(model, feats, batch_size=max(1, batch_size), device=cache.dev, progress=progress)
+
+
+def _clip_settings(h: HammingIndex, meta: dict[str, Any]) -> tuple[str, int, str, str]:
+    feat = meta.get("features") or {}
+
+    def pick(key: str) -> Any:
+        v = h.provenance.get(key)
+        return v if v not in (None, "", "unknown") else feat.get(key)
+
+    backbone, frames, sampling = pick("backbone"), pick("frames"), pick("sampling")
+    if not backbone or backbone == "unknown" or not frames or not sampling or sampling == "unknown":
+        raise InputError(f"{h.path}: neither the index nor its model records the backbone/frames/sampling of "
+                         "the indexed features, so clips cannot be prepared the same way; query with a "
+                         "features or codes file instead")
+    return str(backbone), int(frames), str(sampling), str(pick("backbone_sha256") or "")
+
+
+def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | None = None, device: str = "auto",
+                    ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
+                    progress: Progress | None = None) -> tuple[list[QueryInput], dict[str, float]]:
+    """Turn clips / folders / features files / codes files into packed query codes (in input order)."""
+    progress = progress or NULL
+    cache = _ModelCache(h, model_path, device, ssm_backend, progress)
+    timings = {"extract_s": 0.0, "encode_s": 0.0, "model_load_s": 0.0}
+    queries: list[QueryInput] = []
+    videos: list[tuple[str, str]] = []
+
+    def flush_videos() -> None:
+        if not videos:
+            return
+        from .extract import extract_clips
+
+        t0 = time.perf_counter()
+        cache.get()
+        timings["model_load_s"] += time.perf_counter() - t0
+        backbone, frames, sampling, bb_sha = _clip_settings(h, cache.meta)
+        t0 = time.perf_counter()
+        feats, infos = extract_clips([p for _, p in videos], backbone=backbone, frames=frames, sampling=sampling,
+                                     weights=weights, device=device, batch_size=batch_size, progress=progress)
+        timings["extract_s"] += time.perf_counter() - t0
+        got = {i.get("backbone_sha256") for i in infos} - {None, ""}
+        if bb_sha and got and got != {bb_sha}:
+            raise MismatchError(f"backbone {backbone} weights (sha256 {sorted(got)[0][:12]}) differ from those of "
+                                f"the indexed features ({bb_sha[:12]}); pass the same --weights")
+        t0 = time.perf_counter()
+        codes = _encode(cache, feats, batch_size, progress)
+        timings["encode_s"] += time.perf_counter() - t0
+        for (vid, p), c in zip(videos, codes, strict=True):
+            queries.append(QueryInput(name=p, id=vid, path=p, code=c))
+        videos.clear()
+
+    for raw in inputs:
+        kind = _h5_kind(raw)
+        if kind is None:
+            from .extract import collect_inputs
+
+            found, _ = collect_inputs([raw])
+            if not found and os.path.isdir(raw):
+                raise InputError(f"{raw}: the folder holds no video files")
+            videos.extend(found)
+            continue
+        flush_videos()
+        if kind == "codes":
+            c = artifacts.read_codes(raw)
+            if c.bits != h.bits:
+                raise MismatchError(f"{raw}: codes have {c.bits} bits but {h.path} holds {h.bits}-bit codes")
+            if c.model_sha256 != h.model_sha256:
+                raise MismatchError(f"{raw}: codes come from model {c.model_sha256[:12] or '(none)'} but {h.path} "
+                                    f"holds codes of model {h.model_sha256[:12] or '(none)'}")
+            codes = c.codes
+            ids, paths = c.ids, c.paths
+        else:
+            f = artifacts.read_features(raw)
+            t0 = time.perf_counter()
+            codes = _encode(cache, f.feats, batch_size, progress)
+            timings["encode_s"] += time.perf_counter() - t0
+            ids, paths = f.ids, f.paths
+        for i, (vid, p) in enumerate(zip(ids, paths, strict=True)):
+            queries.append(QueryInput(name=p or f"{raw}:{vid}", id=vid, path=p, code=codes[i]))
+    flush_videos()
+    if not queries:
+        raise InputError("no query inputs: give video files, a folder of videos, a features file or a codes file")
+    return queries, timings
+
+
+def _self_keys(h: HammingIndex, queries: list[QueryInput]) -> list[set[int]]:
+    """Keys of database entries that are the query itself: same path (normalised), or same id when no path."""
+    by_path: dict[str, set[int]] = {}
+    by_id: dict[str, set[int]] = {}
+    for k, i, p in zip(h.keys.tolist(), h.ids, h.paths, strict=True):
+        if p:
+            by_path.setdefault(os.path.normpath(os.path.abspath(p)), set()).add(k)
+        by_id.setdefault(i, set()).add(k)
+    out = []
+    for q in queries:
+        if q.path:
+            out.append(set(by_path.get(os.path.normpath(os.path.abspath(q.path)), set())))
+        else:
+            out.append(set(by_id.get(q.id, set())))
+    return out
+
+
+def query(index_path: str | os.PathLike, inputs: list[str], topk: int = 20, radius: int | None = None,
+          exclude_self: bool = False, model_path: str | None = None, device: str = "auto",
+          ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
+          params: IndexParams | None = None, progress: Progress | None = None) -> QueryOutcome:
+    """Search ``index_path`` with every input; top-``topk`` or everything within ``radius``."""
+    progress = progress or NULL
+    t0 = time.perf_counter()
+    h = open_index(index_path, params=params)
+    t_open = time.perf_counter() - t0
+    queries, timings = prepare_queries(h, inputs, model_path=model_path, device=device, ssm_backend=ssm_backend,
+                                       batch_size=batch_size, weights=weights, progress=progress)
+    q = np.stack([x.code for x in queries])
+    excl = _self_keys(h, queries) if exclude_self else None
+    t0 = time.perf_counter()
+    if radius is not None:
+        res = range_search(h, q, radius, exclude=excl)
+        if topk:
+            res = [(d[:topk], k[:topk]) for d, k in res]
+    else:
+        res = search(h, q, topk, exclude=excl)
+    timings = {"open_s": t_open, **timings, "search_s": time.perf_counter() - t0}
+    return QueryOutcome(index=h, queries=queries, results=res, timings=timings,
+                        topk=topk if topk else None, radius=radius)

@@ -1,0 +1,177 @@
+"""Query pipeline and CLI: codes, features and clip inputs; JSON schema; exit codes; exclusion; radius."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from s5vh_cli import artifacts, checkpoint, extract
+from s5vh_cli import index as I
+from s5vh_cli.artifacts import Codes
+from s5vh_cli.cli import main
+from s5vh_cli.codes import hamming, rank
+from s5vh_cli.query import query
+
+BITS, T, F = 16, 4, 6
+
+
+class StandIn(torch.nn.Module):
+    """A fixed random projection: the bits of sum_t x_t @ W (enough to test the plumbing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.cfg = SimpleNamespace(bits=BITS, frames=T, feature_dim=F, encoder="transformer", code_tie="plus_one")
+        g = torch.Generator().manual_seed(0)
+        self.w = torch.nn.Parameter(torch.randn(F, BITS, generator=g))
+
+    def hash(self, x):
+        return (x @ self.w).sum(dim=1) >= 0
+
+
+def encode_np(feats):
+    m = StandIn()
+    with torch.no_grad():
+        return np.packbits(m.hash(torch.from_numpy(feats)).numpy(), axis=1)
+
+
+@pytest.fixture
+def corpus(tmp_path, monkeypatch):
+    """An index of 300 stand-in codes whose model file exists, plus a features file and a clip folder."""
+    model_path = tmp_path / "model.pt"
+    model_path.write_bytes(b"stand-in model")
+    sha = artifacts.sha256_file(model_path)
+    r = np.random.default_rng(0)
+    feats = r.normal(size=(300, T, F)).astype(np.float32)
+    paths = [str(tmp_path / "videos" / f"c{i % 3}" / f"v{i}.mp4") for i in range(300)]
+    c = Codes(path=None, codes=encode_np(feats), ids=[f"v{i}" for i in range(300)], paths=paths, bits=BITS,
+              model_sha256=sha)
+    extra = {"model_path": str(model_path), "backbone": "resnet50", "sampling": "uniform", "frames": T}
+    artifacts.write_codes(tmp_path / "codes.h5", c, artifacts.provenance("encode"), extra_attrs=extra)
+    artifacts.write_features(tmp_path / "feats.h5", feats[:5], [f"v{i}" for i in range(5)], paths[:5],
+                             backbone="resnet50", backbone_sha256="bb", sampling="uniform",
+                             prov=artifacts.provenance("extract"))
+    I.build_index(artifacts.read_codes(tmp_path / "codes.h5"), tmp_path / "i.bin")
+    # clips: files whose features are the indexed features of the video with the same number
+    clips = tmp_path / "clips"
+    clips.mkdir()
+    for i in (7, 8):
+        (clips / f"v{i}.mp4").write_bytes(b"not really a video")
+    calls = []
+
+    def fake_load_model(path, device="cpu", ssm_backend="auto"):
+        calls.append(str(path))
+        return StandIn(), {"features": {"backbone": "resnet50", "backbone_sha256": "bb", "sampling": "uniform",
+                                        "frames": T, "feature_dim": F}, "model_config": {"bits": BITS}}
+
+    def fake_extract_clips(paths, *, backbone, frames, sampling, weights=None, device="auto", batch_size=32,
+                           progress=None):
+        assert (backbone, frames, sampling) == ("resnet50", T, "uniform")
+        idx = [int(str(p).rsplit("v", 1)[1].split(".")[0]) for p in paths]
+        return feats[idx], [{"path": str(p), "backbone_sha256": "bb"} for p in paths]
+
+    monkeypatch.setattr(checkpoint, "load_model", fake_load_model)
+    monkeypatch.setattr(extract, "extract_clips", fake_extract_clips)
+    return SimpleNamespace(dir=tmp_path, feats=feats, codes=c.codes, paths=paths, model=model_path,
+                           index=tmp_path / "i.bin", calls=calls)
+
+
+def cli(args, capsys):
+    try:
+        main([str(a) for a in args])
+        rc = 0
+    except SystemExit as e:
+        rc = e.code
+    out = capsys.readouterr()
+    return rc, out.out, out.err
+
+
+def test_codes_input_json_schema_and_exactness(corpus, capsys):
+    rc, out, err = cli(["query", corpus.index, corpus.dir / "codes.h5", "--topk", "7", "--json"], capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert set(doc) == {"index", "type", "exact", "bits", "count", "topk", "radius", "timings", "queries"}
+    assert doc["type"] == "BFlat" and doc["exact"] is True and doc["bits"] == BITS and doc["topk"] == 7
+    assert len(doc["queries"]) == 300
+    q0 = doc["queries"][0]
+    assert set(q0) == {"query", "query_id", "query_path", "code", "results"}
+    assert set(q0["results"][0]) == {"rank", "distance", "key", "id", "path"}
+    dist, idx = rank(corpus.codes, corpus.codes, 7)
+    for i, q in enumerate(doc["queries"]):
+        assert [r["key"] for r in q["results"]] == idx[i].tolist()
+        assert [r["distance"] for r in q["results"]] == dist[i].tolist()
+        assert [r["rank"] for r in q["results"]] == list(range(1, 8))
+    assert not corpus.calls  # codes need no model
+
+
+def test_jsonl_and_exclude_self(corpus, capsys):
+    rc, out, _ = cli(["query", corpus.index, corpus.dir / "codes.h5", "-k", "3", "--jsonl", "--exclude-self"],
+                     capsys)
+    lines = [json.loads(x) for x in out.splitlines()]
+    assert rc == 0 and len(lines) == 300
+    for q in lines:
+        assert q["query_path"] not in [r["path"] for r in q["results"]] and len(q["results"]) == 3
+
+
+def test_radius_exit_codes(corpus, capsys):
+    full = hamming(corpus.codes[:1], corpus.codes)[0]
+    rc, out, _ = cli(["query", corpus.index, corpus.dir / "codes.h5", "--radius", "2", "--json"], capsys)
+    q0 = json.loads(out)["queries"][0]
+    expected = [j for j in sorted(range(300), key=lambda j: (full[j], j)) if full[j] <= 2]
+    assert rc == 0 and [r["key"] for r in q0["results"]] == expected
+    # a code that is not in the index: nothing within radius 0 -> exit 1, still valid JSON lines
+    present = {bytes(c) for c in corpus.codes}
+    absent = next(np.frombuffer(v.to_bytes(2, "big"), np.uint8) for v in range(65536)
+                  if v.to_bytes(2, "big") not in present)
+    lone = Codes(path=None, codes=absent[None, :].copy(), ids=["q"], paths=[""], bits=BITS,
+                 model_sha256=artifacts.sha256_file(corpus.model))
+    artifacts.write_codes(corpus.dir / "one.h5", lone, artifacts.provenance("encode"))
+    rc, out, _ = cli(["query", corpus.index, corpus.dir / "one.h5", "-r", "0", "--jsonl"], capsys)
+    assert rc == 1 and json.loads(out)["results"] == []
+    rc, out, _ = cli(["query", corpus.index, corpus.dir / "one.h5", "-r", "16", "--jsonl"], capsys)
+    assert rc == 0 and len(json.loads(out)["results"]) == 300
+    rc, _, err = cli(["query", corpus.index, corpus.dir / "missing.h5"], capsys)
+    assert rc == 2 and "no such file" in err
+
+
+def test_features_input_is_encoded_with_the_recorded_model(corpus, capsys):
+    rc, out, err = cli(["query", corpus.index, corpus.dir / "feats.h5", "-k", "1", "--json"], capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert [q["results"][0]["distance"] for q in doc["queries"]] == [0] * 5
+    assert corpus.calls == [str(corpus.model)]
+
+
+def test_clip_folder_input(corpus, capsys):
+    out = query(corpus.index, [str(corpus.dir / "clips")], topk=2)
+    assert [q.id for q in out.queries] == ["v7.mp4", "v8.mp4"]
+    assert [int(d[0]) for d, _ in out.results] == [0, 0]
+    assert out.timings["extract_s"] >= 0 and out.timings["encode_s"] >= 0
+
+
+def test_wrong_model_file_is_a_mismatch(corpus, capsys):
+    other = corpus.dir / "other.pt"
+    other.write_bytes(b"another model")
+    rc, _, err = cli(["query", corpus.index, corpus.dir / "clips", "--model", other], capsys)
+    assert rc == 2 and "is not the model that made" in err and len(err.strip().splitlines()) == 1
+    corpus.model.unlink()
+    rc, _, err = cli(["query", corpus.index, corpus.dir / "clips"], capsys)
+    assert rc == 2 and "--model" in err
+
+
+def test_codes_from_another_model_or_bit_length(corpus, capsys):
+    r = np.random.default_rng(1)
+    for bits, model, msg in ((32, artifacts.sha256_file(corpus.model), "32 bits"), (BITS, "f" * 64, "model")):
+        c = Codes(path=None, codes=r.integers(0, 256, (3, bits // 8), dtype=np.uint8), ids=["a", "b", "c"],
+                  paths=["", "", ""], bits=bits, model_sha256=model)
+        artifacts.write_codes(corpus.dir / "x.h5", c, artifacts.provenance("encode"))
+        rc, _, err = cli(["query", corpus.index, corpus.dir / "x.h5"], capsys)
+        assert rc == 2 and msg in err
+
+
+def test_table_output(corpus, capsys):
+    rc, out, _ = cli(["query", corpus.index, corpus.dir / "feats.h5", "-k", "2"], capsys)
+    assert rc == 0 and "distance" in out and "v0" in out
+    rc, out, err = cli(["query", corpus.index, corpus.dir / "feats.h5", "--json", "--jsonl"], capsys)
+    assert rc == 2
