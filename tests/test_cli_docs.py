@@ -1,0 +1,33 @@
+"""completions/ and man/s5vh.1 are generated from the Typer app; this fails when they are stale."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_generated_cli_docs_are_fresh():
+    p = subprocess.run([sys.executable, str(ROOT / "scripts" / "gen_cli_docs.py"), "--check"], capture_output=True,
+                       text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_bash_completion_is_valid_bash():
+    p = subprocess.run(["bash", "-n", str(ROOT / "completions" / "s5vh.bash")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_bash_completion_completes_subcommands_and_options():
+    script = ROOT / "completions" / "s5vh.bash"
+    probe = (f"source {script}; COMP_WORDS=(s5vh tr); COMP_CWORD=1; _s5vh; echo ${{COMPREPLY[@]}}; "
+             f"COMP_WORDS=(s5vh info --js); COMP_CWORD=2; _s5vh; echo ${{COMPREPLY[@]}}")
+    out = subprocess.run(["bash", "-c", probe], capture_output=True, text=True).stdout.splitlines()
+    assert "train" in out[0].split()
+    assert out[1].split() == ["--json"]
+
+
+def test_cli_errors_are_one_line_and_exit_2():
+    p = subprocess.run([sys.executable, "-m", "s5vh_cli", "info", "--device", "tpu"], capture_output=True, text=True)
+    assert p.returncode == 2
+    assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
