@@ -14,12 +14,19 @@ Compiled code is cached on disk (numba ``cache=True``); numba falls back to its 
 
 from __future__ import annotations
 
+import os
+
 import numba
 import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
+
+# The workqueue layer's threads sleep between parallel regions; OpenMP's spin for a while and then starve the
+# PyTorch operations that run between our kernels (measured: small ops 50-100x slower on 2 cores).
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
 
 # No nnan/ninf: inputs may legitimately overflow to inf in the reference too.
 _FASTMATH = {"reassoc", "contract", "nsz", "arcp"}
