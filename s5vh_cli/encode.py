@@ -59,7 +59,6 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     if cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
         model.set_backend(backend)
-    progress.log(f"device: {describe_device(dev)}; selective scan: {backend_why}")
     features = artifacts.read_features(features_path)
     if features.dim != cfg.feature_dim or features.frames != cfg.frames:
         raise MismatchError(f"{features_path}: features are [{features.frames} frames x {features.dim}-d] but "
@@ -68,6 +67,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     if "unknown" not in (trained_on, features.backbone) and trained_on != features.backbone:
         raise MismatchError(f"{features_path}: features come from backbone {features.backbone} but {model_path} "
                             f"was trained on {trained_on} features")
+    progress.log(f"device: {describe_device(dev)}; selective scan: {backend_why}")
     codes = encode_array(model, features.feats, batch_size=batch_size, device=dev, progress=progress)
     model_sha = artifacts.sha256_file(model_path)
     result = Codes(path=Path(out_path), codes=codes, ids=features.ids, paths=features.paths, bits=cfg.bits,

@@ -76,10 +76,11 @@ def train_command(
     train_cfg.validate()
     dev = resolve_device(device)
     sink = RichProgressSink(quiet=quiet)
-    sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    # read and validate every input before printing anything, so bad input is exactly one line
     feats = artifacts.read_features(features)
-    sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
     cents = artifacts.read_centers(centers) if centers is not None else None
+    sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
     summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev, ssm_backend=ssm_backend,
                     progress=sink, centers_cfg=centers_cfg)
     last = summary["last"]
