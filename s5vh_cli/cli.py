@@ -10,6 +10,7 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _cx
@@ -80,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
     except S5VHError as e:
         if debug:
             raise
-        err_console.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.stderr.close()
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
         if debug:
             raise
         msg = str(e).splitlines()[0] if str(e) else ""
-        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {msg} (rerun with --debug for the traceback)",
+        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(msg)} (rerun with --debug for the traceback)",
                           highlight=False, soft_wrap=True)
         sys.exit(1)
 

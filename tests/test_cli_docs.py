@@ -31,3 +31,9 @@ def test_cli_errors_are_one_line_and_exit_2():
     p = subprocess.run([sys.executable, "-m", "s5vh_cli", "info", "--device", "tpu"], capture_output=True, text=True)
     assert p.returncode == 2
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
+
+
+def test_error_text_with_brackets_is_printed_verbatim():
+    # rich would read "[x]" as markup and drop it; user text must never be interpreted
+    p = subprocess.run([sys.executable, "-m", "s5vh_cli", "info", "--device", "gpu[x]"], capture_output=True, text=True)
+    assert p.returncode == 2 and "'gpu[x]'" in p.stderr

@@ -75,11 +75,12 @@ def register(app: typer.Typer) -> None:
             print_json({"out": str(out), "videos": int(result.pseudo_labels.shape[0]),
                         "clusters": result.n_clusters, "config": to_dict(cfg), "stats": rows})
             return
+        from rich.markup import escape
         from rich.table import Table
 
         first = rows[0]
-        t = Table(title=f"{out}: {result.n_clusters} clusters over {first['videos']} videos "
-                        f"(PCA {first['pca_dim']} dims, {first['empty_clusters']} empty clusters)")
+        t = Table(title=escape(f"{out}: {result.n_clusters} clusters over {first['videos']} videos "
+                        f"(PCA {first['pca_dim']} dims, {first['empty_clusters']} empty clusters)"))
         for _, head in _STAT_COLUMNS:
             t.add_column(head, justify="right")
         for st in rows:

@@ -86,4 +86,4 @@ def register(app: typer.Typer) -> None:
             console.print(f"{res['queries_without_relevant']} queries have no relevant database item (AP = 0)")
         console.print(f"ties: {res['tie_rule']}; {res['seconds']:.1f} s")
         for p in res.get("plots", []):
-            console.print(f"wrote {p}")
+            console.print(f"wrote {p}", markup=False, highlight=False)

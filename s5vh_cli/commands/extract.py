@@ -71,7 +71,7 @@ def extract_command(
         console.print(f"{result.out}: {result.videos} video(s) x {frames} frames; {result.extracted} extracted "
                       f"now, {result.skipped} already done, {len(result.failed)} failed; "
                       f"{result.frames_per_s:.1f} frames/s, {result.videos_per_s:.2f} videos/s "
-                      f"({result.seconds:.1f} s on {result.device})", highlight=False)
+                      f"({result.seconds:.1f} s on {result.device})", highlight=False, markup=False)
         for p, reason in result.failed:
             console.print(f"  failed: {display_path(p)}: {reason}", highlight=False, markup=False)
     if strict and result.failed:

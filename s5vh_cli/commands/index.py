@@ -29,19 +29,21 @@ def _params(nprobe: int | None, ef_search: int | None, nflip: int | None):
 
 
 def _summary(info: dict[str, Any], title: str) -> None:
+    from rich.markup import escape
     from rich.table import Table
+    from rich.text import Text
 
     from ..artifacts import display_path
 
-    t = Table(title=title, show_header=False, box=None)
+    t = Table(title=escape(title), show_header=False, box=None)
     for k in ("index", "type", "exact", "bits", "count", "next_key", "model_sha256", "model_path", "backbone",
               "sampling", "frames", "params", "index_bytes"):
         if k in info and info[k] not in (None, ""):
             v = info[k]
-            t.add_row(k, display_path(str(v)) if isinstance(v, str) else str(v))
+            t.add_row(k, Text(display_path(str(v)) if isinstance(v, str) else str(v)))
     for s in info.get("sources", []):
-        t.add_row("source", f"{display_path(s.get('path', ''))} ({s.get('count')} codes, sha256 "
-                            f"{str(s.get('sha256', ''))[:12]})")
+        t.add_row("source", Text(f"{display_path(s.get('path', ''))} ({s.get('count')} codes, sha256 "
+                                 f"{str(s.get('sha256', ''))[:12]})"))
     console.print(t)
 
 

@@ -53,16 +53,17 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(data)
             return
+        from rich.markup import escape
         from rich.table import Table
 
         t = Table(show_header=False, box=None)
         for k in ("s5vh", "python", "platform", "torch", "torch_cuda", "cuda_available", "device", "threads"):
-            t.add_row(k, str(data[k]))
-        t.add_row("ssm backend (auto)", f"{backend}: {reason}")
+            t.add_row(k, escape(str(data[k])))
+        t.add_row("ssm backend (auto)", escape(f"{backend}: {reason}"))
         for name, status in data["ssm_backends"].items():
-            t.add_row(f"  {name}", status)
+            t.add_row(f"  {name}", escape(status))
         extra = data["gpu_extra"]
-        t.add_row("GPU extra [cuda]", ", ".join(f"{k} {v or 'not installed'}" for k, v in extra.items()))
+        t.add_row(escape("GPU extra [cuda]"), ", ".join(f"{k} {v or 'not installed'}" for k, v in extra.items()))
         for k, v in data["packages"].items():
             t.add_row(k, v or "not installed")
         console.print(t)

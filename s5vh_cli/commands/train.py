@@ -87,4 +87,4 @@ def train_command(
     if not quiet:
         console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
                       f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
-                      f"metrics: {summary['metrics']}", highlight=False)
+                      f"metrics: {summary['metrics']}", highlight=False, markup=False)
