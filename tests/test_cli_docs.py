@@ -1,8 +1,11 @@
 """completions/ and man/s5vh.1 are generated from the Typer app; this fails when they are stale."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -37,3 +40,20 @@ def test_error_text_with_brackets_is_printed_verbatim():
     # rich would read "[x]" as markup and drop it; user text must never be interpreted
     p = subprocess.run([sys.executable, "-m", "s5vh_cli", "info", "--device", "gpu[x]"], capture_output=True, text=True)
     assert p.returncode == 2 and "'gpu[x]'" in p.stderr
+
+
+@pytest.mark.parametrize("shell,flag,name", [("zsh", "-n", "_s5vh"), ("fish", "-n", "s5vh.fish")])
+def test_zsh_and_fish_completions_parse(shell, flag, name):
+    if shutil.which(shell) is None:
+        pytest.skip(f"{shell} is not installed")
+    p = subprocess.run([shell, flag, str(ROOT / "completions" / name)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+
+
+def test_fish_completion_offers_subcommands_and_options():
+    if shutil.which("fish") is None:
+        pytest.skip("fish is not installed")
+    script = ROOT / "completions" / "s5vh.fish"
+    out = subprocess.run(["fish", "-c", f"source {script}; complete -C 's5vh tr'; complete -C 's5vh query --to'"],
+                         capture_output=True, text=True).stdout
+    assert "train" in out and "--topk" in out
