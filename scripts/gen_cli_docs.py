@@ -148,7 +148,9 @@ def fish() -> str:
 
 
 def _roff(s: str) -> str:
-    return s.replace("\\", "\\\\").replace("-", "\\-").replace("'", "\\'")
+    # plain ASCII roff: every groff renders it the same, whatever its input encoding
+    s = s.replace("\\", "\\\\").replace("-", "\\-").replace("'", "\\(aq").replace("±", "+/\\-")
+    return s.encode("ascii", "replace").decode()
 
 
 def man() -> str:
