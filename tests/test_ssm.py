@@ -81,6 +81,21 @@ def test_backend_matches_reference(backend, shape, options):
     _check(backend, shape, *options)
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_backward_partial_block_after_full_block(threads):
+    """One backward task may own several 16-channel blocks; a partial last block (70 = 4 x 16 + 6) must not see
+    the previous full block's values in its padded lanes, whatever the thread count."""
+    if "cpu" not in _cpu_backends():
+        pytest.skip("fused cpu kernel unavailable")
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for options in OPTIONS:
+            _check("cpu", (2, 70, 16, 7), *options)
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize("backend", _cpu_backends())
 def test_strided_inputs(backend):
     """Channels-last views (what Mamba passes) give the same result as contiguous tensors."""

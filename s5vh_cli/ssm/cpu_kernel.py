@@ -243,6 +243,11 @@ def _backward(
                 ab[:] = _ZERO
                 biasb[:] = _ZERO
                 d_b[:] = _ZERO
+                # Padded lanes of a partial block must read zeros, not a previous full block's values.
+                xb[:] = _ZERO
+                ub[:] = _ZERO
+                zb[:] = _ZERO
+                gb[:] = _ZERO
                 for j in range(nw):
                     biasb[j] = bias[d0 + j]
                     d_b[j] = D[d0 + j]
@@ -398,10 +403,12 @@ class _SelectiveScanCPU(torch.autograd.Function):
         dAt = torch.empty(dstate, dim)
         dD, dbias = torch.empty(dim), torch.empty(dim)
         nblk = (dim + _LANES - 1) // _LANES
-        ngroups = max(1, min(nblk, 4 * numba.config.NUMBA_NUM_THREADS))
+        _sync_threads()
+        # One group per running thread: every group pays a per-sample reduction of its dB/dC partials
+        # (measured, 1 thread, b 128, L 25: 8 groups 118 ms, 1 group 103 ms).
+        ngroups = max(1, min(nblk, numba.get_num_threads()))
         dB_part = torch.empty(ngroups, batch, seqlen, dstate)
         dC_part = torch.empty(ngroups, batch, seqlen, dstate)
-        _sync_threads()
         _backward(
             u_cl.numpy(),
             delta_cl.numpy(),
