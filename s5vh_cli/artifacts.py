@@ -15,6 +15,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -25,7 +26,7 @@ import h5py
 import numpy as np
 
 from . import __version__
-from .errors import ArtifactError, InputError, MismatchError
+from .errors import ArtifactError, InputError, MismatchError, S5VHError
 
 FORMAT_VERSION = 1
 KINDS = ("features", "centers", "codes", "index")
@@ -119,8 +120,10 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
         raise InputError(f"{parent}: output folder does not exist")
     if path.is_dir():
         raise InputError(f"{path}: is a folder, expected a file name")
+    _remove_stale_temporaries(parent, path.name)
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
+        # the writer's pid is in the name so that a later run can tell a killed writer's leftover from a live one
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp" + suffix, dir=parent)
     except OSError as e:
         raise InputError(f"{parent}: cannot write here ({e.strerror})") from None
     os.close(fd)
@@ -146,6 +149,54 @@ def atomic_output(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     except BaseException:
         tmp_path.unlink(missing_ok=True)
         raise
+
+
+def _remove_stale_temporaries(parent: Path, name: str) -> None:
+    """Delete temporaries of ``name`` left by writers that were killed (their pid no longer runs)."""
+    pattern = re.compile(rf"^\.{re.escape(name)}\.(\d+)\.[A-Za-z0-9_]{{8}}\.tmp")
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return
+    for entry in entries:
+        m = pattern.match(entry.name)
+        if not m or int(m.group(1)) == os.getpid():
+            continue
+        try:
+            os.kill(int(m.group(1)), 0)
+            continue  # still running: its temporary is in use
+        except ProcessLookupError:
+            pass
+        except OSError:
+            continue  # exists but is not ours to signal: leave it
+        with contextlib.suppress(OSError):
+            os.unlink(entry.path)
+
+
+@contextlib.contextmanager
+def reading(path: str | os.PathLike, kind: str) -> Iterator[None]:
+    """Turn any failure while parsing an untrusted artifact into one ArtifactError line naming the file.
+
+    h5py and numpy raise KeyError, TypeError, ValueError, RuntimeError or OSError for damaged or malformed
+    files; none of them means a bug here, all of them mean "this file is not what it claims to be".
+    """
+    try:
+        yield
+    except (S5VHError, MemoryError):
+        raise
+    except Exception as e:
+        raise ArtifactError(f"{path}: damaged or malformed {kind} file ({_short(e)})") from None
+
+
+def check_not_input(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
+    """Refuse an output path that names one of the inputs (writing it would destroy the input)."""
+    try:
+        out_real = os.path.realpath(out)
+    except (OSError, ValueError):
+        return
+    for what, p in inputs.items():
+        if p is not None and os.path.realpath(p) == out_real:
+            raise InputError(f"{out}: the output would overwrite the input {what} file; choose another output")
 
 
 def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:
@@ -174,19 +225,25 @@ def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] 
     try:
         actual = h5.attrs.get("s5vh_artifact")
         if isinstance(actual, bytes):
-            actual = actual.decode()
+            actual = actual.decode(errors="replace")
+        if actual is not None and not isinstance(actual, str):
+            actual = "?"  # an array or number: not a kind name at all
         if actual is None and kind == "features" and "feats" in h5:
             pass  # a public feature file
         elif actual != kind:
             what = f"a {actual} file" if actual in KINDS else "not an s5vh artifact"
             raise ArtifactError(f"{path}: {what}; expected a {kind} file from {_PRODUCED_BY[kind]}")
         else:
-            ver = int(h5.attrs.get("format_version", 0))
+            try:
+                ver = int(h5.attrs.get("format_version", 0))
+            except (TypeError, ValueError):
+                ver = -1
             if ver > FORMAT_VERSION or ver < 1:
                 raise ArtifactError(f"{path}: {kind} format version {ver} is not supported by s5vh {__version__}")
-        for key in required:
-            if key not in h5:
-                raise ArtifactError(f"{path}: missing '{key}' in {kind} file")
+        with reading(path, kind):
+            for key in required:
+                if key not in h5:
+                    raise ArtifactError(f"{path}: missing '{key}' in {kind} file")
         return h5
     except BaseException:
         h5.close()
@@ -261,7 +318,7 @@ class Features:
 
 def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_hash: bool = True) -> Features:
     """Load a feature artifact (or a public ``feats`` file) into memory and validate it."""
-    with open_artifact(path, "features", required=("feats",)) as h5:
+    with open_artifact(path, "features", required=("feats",)) as h5, reading(path, "features"):
         ds = h5["feats"]
         if ds.ndim != 3:
             raise ArtifactError(f"{path}: 'feats' has shape {ds.shape}, expected [videos, frames, dim]")
@@ -329,7 +386,7 @@ def write_failures(h5: h5py.File, failures: list[tuple[str, str]]) -> None:
 
 
 def read_failures(path: str | os.PathLike) -> list[tuple[str, str]]:
-    with open_artifact(path, "features") as h5:
+    with open_artifact(path, "features") as h5, reading(path, "features"):
         if "failures" not in h5:
             return []
         g = h5["failures"]
@@ -379,7 +436,8 @@ def write_centers(path: str | os.PathLike, c: Centers, prov: dict[str, Any]) -> 
 
 
 def read_centers(path: str | os.PathLike) -> Centers:
-    with open_artifact(path, "centers", required=("pseudo_labels", "centroids", "hash_centers", "pca")) as h5:
+    with open_artifact(path, "centers", required=("pseudo_labels", "centroids", "hash_centers", "pca")) as h5, \
+            reading(path, "centers"):
         labels = h5["pseudo_labels"][()]
         cent = h5["centroids"][()]
         if labels.ndim != 1 or cent.ndim != 2:
@@ -435,7 +493,7 @@ def write_codes(path: str | os.PathLike, c: Codes, prov: dict[str, Any], extra_a
 
 
 def read_codes(path: str | os.PathLike) -> Codes:
-    with open_artifact(path, "codes", required=("codes",)) as h5:
+    with open_artifact(path, "codes", required=("codes",)) as h5, reading(path, "codes"):
         codes = h5["codes"][()]
         bits = int(h5.attrs.get("bits", 0))
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] * 8 != bits:

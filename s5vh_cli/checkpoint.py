@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -38,7 +40,20 @@ def save_model(path: str | os.PathLike, model: torch.nn.Module, model_cfg: Model
         "extra": dict(extra or {}),
     }
     with artifacts.output_lock(path), artifacts.atomic_output(path) as tmp:
-        torch.save(payload, tmp)
+        torch_save(payload, tmp)
+
+
+def torch_save(obj: Any, tmp: Path) -> None:
+    """torch.save reporting a failed write as OSError (it raises RuntimeError), so that atomic_output turns it
+    into one line (e.g. a full disk) and removes the temporary."""
+    try:
+        torch.save(obj, tmp)
+    except RuntimeError as e:
+        try:
+            full = shutil.disk_usage(tmp.parent).free < (1 << 20)
+        except OSError:
+            full = False
+        raise OSError(errno.ENOSPC if full else errno.EIO, f"write failed ({str(e).strip()[:120]})") from None
 
 
 def safe_torch_load(path: str | os.PathLike, what: str = "model") -> Any:

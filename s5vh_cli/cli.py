@@ -69,6 +69,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         rc = command.main(args=args, prog_name="s5vh", standalone_mode=False)
         if isinstance(rc, int) and not isinstance(rc, bool) and rc:
+            if rc == 130:  # typer turns Ctrl-C into Exit(130) and, with standalone_mode off, returns it
+                err_console.print("[red]interrupted[/red]: outputs already written are intact; rerun to resume")
             sys.exit(rc)  # typer.Exit(code) comes back as a return value when standalone_mode is off
     except typer.Exit as e:
         sys.exit(e.exit_code)

@@ -52,6 +52,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     from .ssm import resolve_backend
 
     progress = progress or NULL
+    artifacts.check_not_input(out_path, {"model": model_path, "features": features_path})
     dev = resolve_device(device)
     model, meta = load_model(model_path, device="cpu")
     cfg = model.cfg

@@ -11,6 +11,8 @@ appends only new videos, replacing the file atomically.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import glob as _glob
 import json
 import os
@@ -495,7 +497,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     run_cfg = asdict(cfg) | {"sampling": str(sampling)}
     prov = provenance("extract", run_cfg | {"preprocess": settings["preprocess"]}, {"backbone": model.weights_sha256})
     t0 = time.perf_counter()
-    with output_lock(out, wait=False):
+    with output_lock(out, wait=False), _journal_errors(out):
         part = out.with_name(out.name + ".partial")
         if out.exists() and not part.exists():
             done_ids = _finished_ids(out, settings)
@@ -527,6 +529,18 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
                          failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
                          videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
                          device=describe_device(dev), weights=model.weights_path)
+
+
+@contextlib.contextmanager
+def _journal_errors(out: Path) -> Iterator[None]:
+    """A journal write that fails (full disk, lost permission) ends the run with one line; what was committed
+    before stays in the journal for the next run."""
+    try:
+        yield
+    except OSError as e:
+        part = out.with_name(out.name + ".partial")
+        why = "no space left on device" if e.errno == errno.ENOSPC else f"cannot write ({e.strerror or e})"
+        raise InputError(f"{part}: {why}; videos already done are kept there, rerun to resume") from None
 
 
 def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, model, dev, workers: int,

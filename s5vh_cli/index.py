@@ -20,6 +20,7 @@ Supported types (faiss ``index_binary_factory`` names):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -34,7 +35,7 @@ import numpy as np
 
 from . import artifacts
 from .artifacts import Codes
-from .errors import ArtifactError, InputError, MismatchError
+from .errors import ArtifactError, InputError, MismatchError, S5VHError
 from .progress import NULL, Progress
 
 META_SUFFIX = ".meta.h5"
@@ -53,7 +54,37 @@ ADD_BATCH = 65536
 
 def meta_path(index_path: str | os.PathLike) -> Path:
     p = Path(index_path)
+    if not p.name:
+        raise InputError(f"{index_path}: is a folder, expected an index file such as index.bin")
     return p.with_name(p.name + META_SUFFIX)
+
+
+def _prev_path(index_path: Path) -> Path:
+    """A hard link to the previous index, kept while the index and its metadata are replaced one after the
+    other: a reader (or the next writer) that finds the new index beside the old metadata uses it."""
+    return index_path.with_name(index_path.name + ".prev")
+
+
+def _sha_or_none(path: Path) -> str | None:
+    try:
+        return artifacts.sha256_file(path)
+    except S5VHError:
+        return None
+
+
+def _repair_pair(path: Path, mpath: Path) -> None:
+    """Under the writer's lock: finish or undo what a writer killed between its two renames left."""
+    prev = _prev_path(path)
+    if not prev.exists():
+        return
+    recorded = None
+    with contextlib.suppress(S5VHError):
+        with artifacts.open_artifact(mpath, "index") as f:
+            recorded = artifacts._attr_str(f, "index_sha256")
+    if recorded is not None and _sha_or_none(path) != recorded and _sha_or_none(prev) == recorded:
+        os.replace(prev, path)  # the old pair, byte for byte
+    else:
+        prev.unlink(missing_ok=True)
 
 
 @dataclass
@@ -249,12 +280,22 @@ def _write(h: HammingIndex, path: str | os.PathLike, command: str) -> None:
     faiss = _faiss()
     path = Path(path)
     mpath = meta_path(path)
-    with artifacts.output_lock(path), artifacts.atomic_output(mpath) as mtmp:
-        # index temp is renamed first (inner context exits first), then the metadata naming its hash
-        with artifacts.atomic_output(path) as itmp:
-            faiss.write_index_binary(h.index, str(itmp))
-            h.index_sha256 = artifacts.sha256_file(itmp)
-            _write_meta(h, mtmp, command)
+    prev = _prev_path(path)
+    with artifacts.output_lock(path):
+        _repair_pair(path, mpath)
+        with artifacts.atomic_output(mpath) as mtmp:
+            # index temp is renamed first (inner context exits first), then the metadata naming its hash;
+            # until the metadata is renamed, index.bin.prev keeps the old index for readers
+            with artifacts.atomic_output(path) as itmp:
+                faiss.write_index_binary(h.index, str(itmp))
+                h.index_sha256 = artifacts.sha256_file(itmp)
+                _write_meta(h, mtmp, command)
+                if path.exists():
+                    try:
+                        os.link(path, prev)
+                    except OSError as e:
+                        raise InputError(f"{path.parent}: cannot write here ({e.strerror or e})") from None
+        prev.unlink(missing_ok=True)
     h.path = path
 
 
@@ -286,6 +327,8 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
     mpath = meta_path(path)
     if not path.exists():
         raise InputError(f"{path}: no such index file")
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, expected an index file from `s5vh index`")
     if not mpath.exists():
         raise ArtifactError(f"{path}: its metadata file {mpath.name} is missing; rebuild with `s5vh index`")
     for attempt in range(retries + 1):
@@ -296,8 +339,16 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
         import hashlib
 
         sha = hashlib.sha256(raw).hexdigest()
-        with artifacts.open_artifact(mpath, "index", required=("keys", "codes")) as f:
+        with artifacts.open_artifact(mpath, "index", required=("keys", "codes")) as f, \
+                artifacts.reading(mpath, "index metadata"):
             recorded = artifacts._attr_str(f, "index_sha256")
+            prev = _prev_path(path)
+            if recorded != sha and prev.exists():
+                # a writer is (or was killed) between its two renames: the previous index matches the metadata
+                with contextlib.suppress(OSError):
+                    old = prev.read_bytes()
+                    if hashlib.sha256(old).hexdigest() == recorded:
+                        raw, sha = old, recorded
             if recorded != sha:
                 if attempt < retries:  # a writer may be between its two renames
                     time.sleep(0.1)
@@ -324,12 +375,17 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
         idx = faiss.deserialize_index_binary(np.frombuffer(raw, dtype=np.uint8))
     except Exception as e:
         raise ArtifactError(f"{path}: not a readable faiss binary index ({artifacts._short(e)})") from None
+    if bits <= 0 or bits % 8 or codes.ndim != 2 or codes.dtype != np.uint8:
+        raise ArtifactError(f"{mpath}: damaged index metadata (bits {bits}, codes {codes.dtype} {codes.shape})")
     if type(idx).__name__ != "IndexBinaryIDMap2" or idx.d != bits:
         raise ArtifactError(f"{path}: expected an IndexBinaryIDMap2 of {bits}-bit codes, found "
                             f"{type(idx).__name__} d={idx.d}")
     if codes.shape != (n, bits // 8) or idx.ntotal != n:
         raise ArtifactError(f"{path}: index holds {idx.ntotal} codes but its metadata lists {n}")
-    family, _ = parse_type(index_type, bits)
+    try:
+        family, _ = parse_type(index_type, bits)
+    except InputError:
+        raise ArtifactError(f"{mpath}: damaged index metadata (index type {index_type!r})") from None
     inner = faiss.downcast_IndexBinary(idx.index)
     p = IndexParams(**{k: stored.get(k) for k in vars(IndexParams())})
     if params is not None:
@@ -362,6 +418,9 @@ def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_ty
     all_codes = np.concatenate([c.codes for c in parts]) if len(parts) > 1 else first.codes
     if all_codes.shape[0] == 0:
         raise InputError(f"{first.path}: holds no codes")
+    for out_file in (Path(out), meta_path(out)):
+        for c in parts:
+            artifacts.check_not_input(out_file, {"codes": c.path})
     family, _ = parse_type(index_type, h.bits, n=all_codes.shape[0])
     h.codes = np.ascontiguousarray(all_codes)
     h.keys = np.arange(all_codes.shape[0], dtype=np.int64)
@@ -381,7 +440,7 @@ def add_codes(index_path: str | os.PathLike, codes: Codes, progress: Progress | 
               allow_duplicates: bool = False) -> tuple[HammingIndex, np.ndarray]:
     """Append a codes artifact to an index; returns the index and the new keys."""
     progress = progress or NULL
-    with artifacts.output_lock(Path(index_path).with_name(Path(index_path).name + ".add")):
+    with artifacts.output_lock(meta_path(index_path).with_name(Path(index_path).name + ".add")):
         h = open_index(index_path)
         _check_compatible(h, codes, str(index_path))
         entry = _source_entry(codes)
@@ -440,7 +499,7 @@ def remove(index_path: str | os.PathLike, keys: Sequence[int] = (), ids: Sequenc
            paths: Sequence[str] = (), progress: Progress | None = None) -> tuple[HammingIndex, np.ndarray]:
     """Remove entries by key, string id or path (all must exist). Keys are never reused."""
     progress = progress or NULL
-    with artifacts.output_lock(Path(index_path).with_name(Path(index_path).name + ".add")):
+    with artifacts.output_lock(meta_path(index_path).with_name(Path(index_path).name + ".add")):
         h = open_index(index_path)
         gone = resolve_keys(h, keys, ids, paths)
         if gone.size == 0:

@@ -148,7 +148,12 @@ def write_plots(results: dict[str, Any], codes: np.ndarray, labels: np.ndarray, 
 
 
 def _save(fig: Any, path: Path, plt: Any) -> Path:
+    from .artifacts import atomic_output
+
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    try:
+        with atomic_output(path) as tmp:  # an interrupted run never leaves a half-written image
+            fig.savefig(tmp, dpi=120, format="png")
+    finally:
+        plt.close(fig)
     return path

@@ -208,7 +208,10 @@ def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | Non
         else:
             f = artifacts.read_features(raw)
             t0 = time.perf_counter()
-            codes = _encode(cache, f.feats, batch_size, progress)
+            try:
+                codes = _encode(cache, f.feats, batch_size, progress)
+            except MismatchError as e:
+                raise MismatchError(f"{raw}: {e}") from None
             timings["encode_s"] += time.perf_counter() - t0
             ids, paths = f.ids, f.paths
         for i, (vid, p) in enumerate(zip(ids, paths, strict=True)):

@@ -21,7 +21,7 @@ import torch
 
 from . import artifacts
 from .artifacts import Centers, Features
-from .checkpoint import features_summary, safe_torch_load, save_model
+from .checkpoint import features_summary, safe_torch_load, save_model, torch_save
 from .config import CentersConfig, ModelConfig, TrainConfig, to_dict
 from .device import describe_device, resolve_device
 from .errors import InputError, MismatchError
@@ -206,6 +206,8 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
         raise InputError(f"{out_path.parent}: output folder does not exist")
     if out_path.is_dir():
         raise InputError(f"{out_path}: is a folder, expected a model file name")
+    artifacts.check_not_input(out_path, {"features": features.path,
+                                         "centers": centers.path if centers is not None else None})
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
@@ -241,7 +243,12 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     val_labels = init_labels[torch.from_numpy(val_idx)].clone() if len(val_idx) else None
 
     rdir = run_dir(out_path)
-    rdir.mkdir(exist_ok=True)
+    if resume and not (rdir / "last.pt").exists():
+        raise InputError(f"{rdir / 'last.pt'}: nothing to resume (no checkpoint from an earlier run)")
+    try:
+        rdir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{rdir.parent}: cannot write here ({e.strerror or e})") from None
     # a second process training into the same output would overwrite this run's checkpoints
     with artifacts.output_lock(rdir / "run", wait=False):
         last_path, best_path, metrics_path = rdir / "last.pt", rdir / "best.pt", rdir / "metrics.jsonl"
@@ -315,7 +322,7 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                     if row["val_loss"] < best_loss:
                         best_loss, best_epoch = row["val_loss"], epoch + 1
                         with artifacts.atomic_output(best_path) as tmp:
-                            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+                            torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
                 rows.append(row)
                 last_row = row
                 state = {"s5vh_artifact": "train_state", "version": RUN_STATE_VERSION, "epoch": epoch + 1,
@@ -323,7 +330,7 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                          "scheduler": scheduler.state_dict(), "soft_labels": soft_labels,
                          "rng": _rng_state(gen, dev), "best_loss": best_loss, "best_epoch": best_epoch}
                 with artifacts.atomic_output(last_path) as tmp:
-                    torch.save(state, tmp)
+                    torch_save(state, tmp)
                 _write_metrics(metrics_path, rows)
         finally:
             progress.finish()

@@ -86,6 +86,22 @@ class Clip:
     notes: list[str] = field(default_factory=list)
 
 
+def _capture(cv2, path: str):
+    """cv2.VideoCapture for any file name: OpenCV crashes the process on names that are not valid UTF-8
+    (undecodable bytes arrive as surrogates), so those are opened through an ASCII-named symlink."""
+    try:
+        path.encode("utf-8")
+        return cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    except UnicodeEncodeError:
+        pass
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="s5vh-") as d:
+        link = os.path.join(d, "video" + os.path.splitext(path.encode("ascii", "ignore").decode())[1])
+        os.symlink(os.path.abspath(os.fsencode(path)), os.fsencode(link))
+        return cv2.VideoCapture(link, cv2.CAP_FFMPEG)  # the file stays open after the link is gone
+
+
 def _open(path: str):
     import cv2
 
@@ -97,7 +113,7 @@ def _open(path: str):
         raise VideoError(f"{path}: permission denied")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
-    cap = cv2.VideoCapture(path, cv2.CAP_FFMPEG)
+    cap = _capture(cv2, path)
     if not cap.isOpened():
         cap.release()
         raise VideoError(f"{path}: not a video OpenCV can open (unknown container, corrupt header or not a video)")
