@@ -4,6 +4,11 @@ gradients with respect to every input, fp32."""
 from __future__ import annotations
 
 import importlib.util
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -94,6 +99,57 @@ def test_cpu_backward_partial_block_after_full_block(threads):
             _check("cpu", (2, 70, 16, 7), *options)
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("dim", [7, 20, 48])
+@pytest.mark.parametrize("has_bias", [True, False])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_cpu_conv_silu_matches_torch(dim, has_bias, threads):
+    """The fused causal depthwise conv + SiLU against F.conv1d + F.silu, forward and every gradient. The kernel
+    runs 16 channels at a time and the rest one by one: 7 is all tail, 20 a block and a tail, 48 three blocks."""
+    if "cpu" not in _cpu_backends():
+        pytest.skip("fused cpu kernel unavailable")
+    from s5vh_cli.ssm.cpu_kernel import causal_conv1d_silu
+
+    g = torch.Generator().manual_seed(3)
+    batch, seqlen, ksize = 3, 9, 4
+    x = torch.randn(batch, seqlen, dim, generator=g, requires_grad=True)
+    w = torch.randn(dim, 1, ksize, generator=g, requires_grad=True)
+    bias = torch.randn(dim, generator=g, requires_grad=True) if has_bias else None
+    used = [t for t in (x, w, bias) if t is not None]
+    ref = torch.nn.functional.conv1d(x.transpose(1, 2), w, bias, padding=ksize - 1, groups=dim)
+    ref = torch.nn.functional.silu(ref[..., :seqlen]).transpose(1, 2)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        out = causal_conv1d_silu(x, w, bias, dim)
+        gout = torch.randn(ref.shape, generator=g)
+        g_out = torch.autograd.grad(out, used, gout)
+    finally:
+        torch.set_num_threads(before)
+    assert _rel_err(out, ref) < FWD_TOL
+    for a, b in zip(g_out, torch.autograd.grad(ref, used, gout), strict=True):
+        assert _rel_err(a, b) < GRAD_TOL
+
+
+@pytest.mark.slow
+def test_cpu_kernels_compiled_for_baseline_x86_64(tmp_path):
+    """Compiled for baseline x86-64 (no SSE4.1, so the exp's floor is built from a truncating conversion instead
+    of llvm.floor): the same parity checks, in a fresh process with its own numba cache. Slow: it compiles
+    every kernel."""
+    if "cpu" not in _cpu_backends() or platform.machine().lower() not in ("x86_64", "amd64"):
+        pytest.skip("fused cpu kernel unavailable or not an x86-64 machine")
+    code = (
+        f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "import test_ssm as T\n"
+        "from s5vh_cli.ssm import cpu_kernel as ck\n"
+        "for o in T.OPTIONS: T._check('cpu', (2, 20, 16, 7), *o)\n"
+        "T.test_cpu_conv_silu_matches_torch(20, True, 1)\n"
+        "assert ck._FLOOR_NATIVE and not any(ck._FLOOR_NATIVE.values()), ck._FLOOR_NATIVE\n"
+    )
+    env = dict(os.environ, NUMBA_CPU_NAME="x86-64", NUMBA_CPU_FEATURES="", NUMBA_CACHE_DIR=str(tmp_path))
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 @pytest.mark.parametrize("backend", _cpu_backends())
