@@ -13,6 +13,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -196,8 +197,15 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
           out_path: str | os.PathLike, *, resume: bool = False, device: str | torch.device = "auto",
           ssm_backend: str = "auto", progress: Progress | None = None,
-          centers_cfg: CentersConfig | None = None) -> dict[str, Any]:
-    """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict."""
+          centers_cfg: CentersConfig | None = None,
+          on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None) -> dict[str, Any]:
+    """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict.
+
+    ``on_epoch(epoch, model, row)``, if given, is called after each epoch's checkpoint is written (epoch
+    1-based, ``row`` a copy of that epoch's metrics) under ``torch.no_grad``; the global RNG state and the
+    model's train/eval mode are restored afterwards, so a callback that evaluates the model leaves the run
+    bit-for-bit unchanged.
+    """
     from .ssm import resolve_backend
 
     progress = progress or NULL
@@ -332,6 +340,11 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                 with artifacts.atomic_output(last_path) as tmp:
                     torch_save(state, tmp)
                 _write_metrics(metrics_path, rows)
+                if on_epoch is not None:
+                    # an evaluation hook must not move the run: no autograd, RNG and train mode put back
+                    with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
+                            _eval_mode(model, False):
+                        on_epoch(epoch + 1, model, dict(row))
         finally:
             progress.finish()
         elapsed = time.perf_counter() - t_start

@@ -44,10 +44,10 @@ def configs(behaviour="paper", **train_kw) -> tuple[ModelConfig, TrainConfig]:
 
 
 def run_train(tmp_path, name, behaviour="paper", progress=None, resume=False, features=None, backend="torch",
-              **train_kw):
+              on_epoch=None, **train_kw):
     m, t = configs(behaviour, **train_kw)
     return train(features or make_features(), make_centers(), m, t, tmp_path / name, resume=resume, device="cpu",
-                 ssm_backend=backend, progress=progress)
+                 ssm_backend=backend, progress=progress, on_epoch=on_epoch)
 
 
 def _cpu_kernel_ok() -> bool:
@@ -111,6 +111,29 @@ def test_same_seed_same_model_other_seed_differs(tmp_path):
     a, b, c = (torch.load(tmp_path / f"{n}.pt", weights_only=True)["state_dict"] for n in "abc")
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def test_on_epoch_callback_leaves_training_unchanged(tmp_path):
+    run_train(tmp_path, "plain.pt")
+    seen, models = [], []
+
+    def evaluate_and_disturb(epoch, model, row):
+        seen.append((epoch, row["epoch"], model.training, torch.is_grad_enabled()))
+        models.append(model)
+        torch.rand(5)  # draws from the global RNG, as DropPath or a random probe would
+        encode_array(model, make_features(n=5, seed=3).feats)  # leaves the model in eval mode
+        row["loss"] = -1.0  # the callback gets a copy: the metrics file must not see this
+
+    s = run_train(tmp_path, "hooked.pt", on_epoch=evaluate_and_disturb)
+    assert seen == [(1, 1, True, False), (2, 2, True, False)]
+    assert models[-1].training
+    a = torch.load(tmp_path / "plain.pt", weights_only=True)["state_dict"]
+    b = torch.load(tmp_path / "hooked.pt", weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    ma = [json.loads(x) for x in (tmp_path / "plain.pt.run" / "metrics.jsonl").read_text().splitlines()]
+    mb = [json.loads(x) for x in Path(s["metrics"]).read_text().splitlines()]
+    assert [{k: v for k, v in r.items() if k != "time_s"} for r in ma] == \
+        [{k: v for k, v in r.items() if k != "time_s"} for r in mb]
 
 
 def test_resume_refuses_other_config(tmp_path):
