@@ -218,11 +218,11 @@ def plot(result: dict[str, Any], path: Path) -> str | None:
 
 
 def write_outputs(result: dict[str, Any], out: Path, every: int = 1, with_plot: bool = True) -> None:
-    _write_text(out / "results.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
-    _write_text(out / "results.md", markdown(result, every))
-    if with_plot:
+    if with_plot:  # first, so that results.json says whether the picture exists
         note = plot(result, out / "convergence.png")
         result["plot"] = note or str(out / "convergence.png")
+    _write_text(out / "results.json", json.dumps(result, indent=1, sort_keys=True) + "\n")
+    _write_text(out / "results.md", markdown(result, every))
 
 
 # ----------------------------------------------------------------------------------------------------------
