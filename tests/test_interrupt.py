@@ -36,6 +36,9 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "S5VH_DEBUG": ""}
 CHILD = r"""
 import atexit, os, signal, sys, threading, time
 kill_at, sig, delay = int(sys.argv[1]), getattr(signal, sys.argv[2]), float(sys.argv[3])
+# A process started in the background by a non-interactive shell inherits SIGINT ignored, and Python then
+# installs no KeyboardInterrupt handler: give the child the handler an interactive user's s5vh has.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 events = [0]
 def fire():
     os.kill(os.getpid(), sig)
