@@ -10,6 +10,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
 
+from clip_sources import fake_clip  # noqa: E402
+
 from benchmarks.datasets import align_labels, check_dataset, read_labels, read_manifest, write_labels  # noqa: E402
 from benchmarks.datasets import copy_detection as cd  # noqa: E402
 from benchmarks.datasets import fmnist_temporal as ft  # noqa: E402
@@ -146,24 +148,13 @@ def test_write_labels_rejects_unsorted_paths(tmp_path):
 # ----------------------------------------------------------------------------------------------------------
 # copy detection, on clips the test draws itself (the real ones need benchmarks/fetch_assets.sh)
 # ----------------------------------------------------------------------------------------------------------
-def _fake_clip(path, seconds, fps, seed, size=(96, 72)):
-    import cv2
-
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (9, 12, 3)).astype(np.uint8), size, interpolation=cv2.INTER_CUBIC)
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for t in range(int(seconds * fps)):
-        vw.write(np.roll(base, t, axis=1))
-    vw.release()
-
-
 @pytest.fixture(scope="module")
 def cdset(tmp_path_factory):
     assets = tmp_path_factory.mktemp("assets")
     (assets / "clips").mkdir()
-    _fake_clip(assets / "clips" / "tree.avi", 7, 10, 1)
-    _fake_clip(assets / "clips" / "carphone_pristine.mp4", 4.5, 10, 2)
-    _fake_clip(assets / "clips" / "carphone_distorted.mp4", 4.5, 10, 2)
+    fake_clip(assets / "clips" / "tree.avi", 7, 10, 1)
+    fake_clip(assets / "clips" / "carphone_pristine.mp4", 4.5, 10, 2)
+    fake_clip(assets / "clips" / "carphone_distorted.mp4", 4.5, 10, 2)
     out = tmp_path_factory.mktemp("cd")
     summary = cd.build(assets, out, encoder="opencv", max_side=64, workers=1)
     return out, summary

@@ -14,6 +14,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks/ is not an installed package
 
+from clip_sources import fake_clip  # noqa: E402
+
 from benchmarks import run_benchmarks  # noqa: E402
 from benchmarks.datasets import fmnist_temporal  # noqa: E402
 
@@ -94,27 +96,15 @@ def test_unknown_method_is_refused(tiny_data, tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------------------
 # copy detection: no train/ split, so the encoders are fitted on the database videos
 # ----------------------------------------------------------------------------------------------------------
-def _fake_clip(path, seconds, fps, seed, size=(96, 72)):
-    import cv2
-    import numpy as np
-
-    rng = np.random.default_rng(seed)
-    base = cv2.resize(rng.integers(0, 255, (9, 12, 3)).astype(np.uint8), size, interpolation=cv2.INTER_CUBIC)
-    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, size)
-    for t in range(int(seconds * fps)):
-        vw.write(np.roll(base, 3 * t, axis=1))
-    vw.release()
-
-
 @pytest.fixture(scope="module")
 def tiny_cd(tmp_path_factory):
     from benchmarks.datasets import copy_detection as cd
 
     assets = tmp_path_factory.mktemp("cd_assets")
     (assets / "clips").mkdir()
-    _fake_clip(assets / "clips" / "tree.avi", 9, 10, 1)
-    _fake_clip(assets / "clips" / "carphone_pristine.mp4", 6, 10, 2)
-    _fake_clip(assets / "clips" / "carphone_distorted.mp4", 6, 10, 2)
+    fake_clip(assets / "clips" / "tree.avi", 9, 10, 1, shift=3)
+    fake_clip(assets / "clips" / "carphone_pristine.mp4", 6, 10, 2, shift=3)
+    fake_clip(assets / "clips" / "carphone_distorted.mp4", 6, 10, 2, shift=3)
     out = tmp_path_factory.mktemp("cd") / "data"
     cd.build(assets, out, encoder="opencv", max_side=64, workers=1)
     return out
