@@ -165,7 +165,7 @@ class Bench:
                 "preset": self.a.preset, "threads": self.a.threads, "methods": self.methods,
                 "levels": self.levels, "ks": self.ks, "batch_size": self.a.batch_size, "seed": self.a.seed,
                 "in_process": self.a.in_process, "train_split": getattr(self, "train_split", None),
-                "features": self.a.features,
+                "features": self.a.features, "clusters": self.a.clusters,
                 "dataset": self.dataset_info}
         rows = self.rows()
         doc = {"config": meta, "rows": rows, **self.res}
@@ -257,8 +257,8 @@ class Bench:
         with h5py.File(train_feats, "r") as f:
             n, _, dim = f["feats"].shape
         _, _, ccfg = config.preset(self.a.preset)
-        # the same rule `s5vh train` applies when it computes centres in-process
-        k = max(2, min(ccfg.n_clusters, n // 4))
+        # the same rule `s5vh train` applies when it computes centres in-process, unless --clusters says
+        k = self.a.clusters or max(2, min(ccfg.n_clusters, n // 4))
         pca = max(1, min(ccfg.pca_dim, dim, n - 1))
         out = self.work / f"centers_{self.a.preset}.h5"
         cmd = [*self.s5vh, "centers", str(train_feats), "-o", str(out), "--bits", ",".join(map(str, self.bits)),
@@ -443,6 +443,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, help="CPU threads for every s5vh command (and OMP_NUM_THREADS)")
     ap.add_argument("--frames", type=int, help="frames per video for extract (default: the dataset's)")
     ap.add_argument("--seed", type=int, default=1, help="seed for centres, training and baselines (default 1)")
+    ap.add_argument("--clusters", type=int,
+                    help="k-means clusters for the centres (default: the rule of s5vh train, min(preset, n/4))")
     ap.add_argument("--methods", default=",".join(DEFAULT_METHODS),
                     help=f"subset of {','.join(METHODS)} (default: all but videohash)")
     ap.add_argument("--levels", help="label levels to evaluate (default: every labels/query_<level>.h5)")
