@@ -114,14 +114,18 @@ def child(args) -> None:
     print(json.dumps(result))
 
 
-def run_child(base_cmd: list[str], **kw) -> dict:
+def run_child(base_cmd: list[str], policy: str = "default", **kw) -> dict:
     cmd = list(base_cmd)
     for key, value in kw.items():
         cmd += [f"--{key.replace('_', '-')}", str(value)]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    env = dict(os.environ)
+    env.pop("OMP_WAIT_POLICY", None)
+    if policy != "default":
+        env["OMP_WAIT_POLICY"] = policy.upper()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=False, env=env)
     if out.returncode != 0:
         return {"error": (out.stderr.strip().splitlines() or ["failed"])[-1]}
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]), policy=policy)
 
 
 def main() -> None:
@@ -136,6 +140,12 @@ def main() -> None:
         choices=("wall", "cpu"),
         default="wall",
         help="wall: elapsed time; cpu: CPU time of the process (robust when others load the cores; use --threads 1)",
+    )
+    ap.add_argument(
+        "--wait-policies",
+        default="default,passive",
+        help="OpenMP wait policies to run every configuration under (default = OMP_WAIT_POLICY unset, as plain "
+        "PyTorch runs; passive = what the s5vh command sets); each model keeps its fastest",
     )
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
@@ -176,41 +186,36 @@ def main() -> None:
         elif key not in best or "error" in best[key] or res[field] < best[key][field]:
             best[key] = res
 
+    policies = args.wait_policies.split(",")
     for _ in range(args.rounds):
-        for t in frames:
-            reps = 5 if t <= 100 else 2
+        for policy in policies:
+            for t in frames:
+                reps = 5 if t <= 100 else 2
+                for kind in ("s5vh", "transformer"):
+                    keep(
+                        (kind, "infer", t),
+                        run_child(base, policy, kind=kind, mode="infer", frames=t, batch=BATCH[t], reps=reps),
+                        "ms",
+                    )
             for kind in ("s5vh", "transformer"):
                 keep(
-                    (kind, "infer", t),
-                    run_child(base, kind=kind, mode="infer", frames=t, batch=BATCH[t], reps=reps),
+                    (kind, "train", 25),
+                    run_child(base, policy, kind=kind, mode="train", frames=25, batch=128, reps=3),
                     "ms",
                 )
-        for kind in ("s5vh", "transformer"):
-            keep(
-                (kind, "train", 25),
-                run_child(base, kind=kind, mode="train", frames=25, batch=128, reps=3),
-                "ms",
-            )
-        for backend in ("reference", "torch", "cpu"):
-            keep(
-                ("scan", backend),
-                run_child(
-                    base,
-                    kind="scan",
-                    frames=25,
-                    batch=128,
-                    reps=3,
-                    backend=backend,
-                ),
-                "fwd_ms",
-            )
+            for backend in ("reference", "torch", "cpu"):
+                keep(
+                    ("scan", backend),
+                    run_child(base, policy, kind="scan", frames=25, batch=128, reps=3, backend=backend),
+                    "fwd_ms",
+                )
 
     def cell(key, field, fmt="{:.1f}"):
         res = best.get(key, {})
         return fmt.format(res[field]) if field in res else res.get("error", "-")[:40]
 
     print(
-        "\n| frames | batch | S5VH ms | Transformer ms | time ratio S5VH/Tr | S5VH peak MB (+extra) "
+        "\n| frames | batch | S5VH ms (policy) | Transformer ms (policy) | time ratio S5VH/Tr | S5VH peak MB (+extra) "
         "| Transformer peak MB (+extra) |"
     )
     print("|---:|---:|---:|---:|---:|---:|---:|")
@@ -218,7 +223,8 @@ def main() -> None:
         s, r = best[("s5vh", "infer", t)], best[("transformer", "infer", t)]
         ratio = f"{s['ms'] / r['ms']:.2f}" if "ms" in s and "ms" in r else "-"
         print(
-            f"| {t} | {BATCH[t]} | {cell(('s5vh', 'infer', t), 'ms')} | {cell(('transformer', 'infer', t), 'ms')} "
+            f"| {t} | {BATCH[t]} | {cell(('s5vh', 'infer', t), 'ms')} ({s.get('policy', '-')}) "
+            f"| {cell(('transformer', 'infer', t), 'ms')} ({r.get('policy', '-')}) "
             f"| {ratio} | {cell(('s5vh', 'infer', t), 'peak_mb', '{:.0f}')} "
             f"(+{cell(('s5vh', 'infer', t), 'extra_mb', '{:.0f}')}) "
             f"| {cell(('transformer', 'infer', t), 'peak_mb', '{:.0f}')} "
@@ -227,13 +233,17 @@ def main() -> None:
     s, r = best[("s5vh", "train", 25)], best[("transformer", "train", 25)]
     ratio = f"{s['ms'] / r['ms']:.2f}" if "ms" in s and "ms" in r else "-"
     print(
-        f"\ntrain step (forward + backward + SGD), 25 frames, batch 128: S5VH {cell(('s5vh', 'train', 25), 'ms')} ms, "
-        f"Transformer {cell(('transformer', 'train', 25), 'ms')} ms, ratio {ratio}"
+        f"\ntrain step (forward + backward + SGD), 25 frames, batch 128: S5VH {cell(('s5vh', 'train', 25), 'ms')} ms "
+        f"({s.get('policy', '-')}), Transformer {cell(('transformer', 'train', 25), 'ms')} ms ({r.get('policy', '-')}), "
+        f"ratio {ratio}"
     )
-    print("\n| scan backend (b 128, d 512, n 16, L 25) | forward ms | forward+backward ms |")
-    print("|---|---:|---:|")
+    print("\n| scan backend (b 128, d 512, n 16, L 25) | forward ms | forward+backward ms | policy |")
+    print("|---|---:|---:|---|")
     for backend in ("reference", "torch", "cpu"):
-        print(f"| {backend} | {cell(('scan', backend), 'fwd_ms')} | {cell(('scan', backend), 'train_ms')} |")
+        print(
+            f"| {backend} | {cell(('scan', backend), 'fwd_ms')} | {cell(('scan', backend), 'train_ms')} "
+            f"| {best.get(('scan', backend), {}).get('policy', '-')} |"
+        )
     print(f"\n# load average at end {os.getloadavg()[0]:.1f} (on {os.cpu_count()} cores)")
 
 
