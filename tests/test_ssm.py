@@ -238,3 +238,41 @@ def test_cuda_matches_mamba_ssm_and_cpu(seqlen):
     g_ref = torch.autograd.grad(ref, xs, gout)
     for a, b in zip(g_gpu, g_ref, strict=True):
         torch.testing.assert_close(a.cpu(), b, rtol=6e-4, atol=2e-3)
+
+
+@pytest.mark.parametrize(
+    "command,given,expected",
+    [("encode", None, "PASSIVE"), ("train", None, "PASSIVE"), ("encode", "ACTIVE", "ACTIVE"), ("extract", None, None)],
+)
+def test_openmp_wait_policy_passive_for_scan_commands(command, given, expected, tmp_path):
+    """train and encode set OMP_WAIT_POLICY=PASSIVE before torch loads (spinning OpenMP workers starve the scan
+    kernels' threads); extract keeps OpenMP's default (passive waiting slows the CNN backbones); a value the
+    user set is kept."""
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    if given:
+        env["OMP_WAIT_POLICY"] = given
+    args = [str(tmp_path / "missing.pt")] if command == "encode" else []
+    args.append(str(tmp_path / "missing.h5"))  # the command starts, then fails on the missing input
+    if command == "encode":
+        args += ["-o", str(tmp_path / "codes.h5")]
+    code = (
+        "import os, sys\n"
+        "from s5vh_cli.cli import main\n"
+        f"sys.argv = ['s5vh', {command!r}] + {args!r}\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print('POLICY', os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert f"POLICY {expected}" in out.stdout.splitlines()[-1]
+
+
+def test_prefer_passive_openmp_needs_torch_unloaded():
+    code = (
+        "import os\n"
+        "import torch\n"
+        "from s5vh_cli.runtime import prefer_passive_openmp\n"
+        "print(prefer_passive_openmp(), os.environ.get('OMP_WAIT_POLICY'))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "None"]

@@ -25,6 +25,9 @@ def encode_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Encode every video of FEATURES into a packed binary code (bit = sign of the mean frame code, ties -> 1)."""
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()
     from ..encode import encode_file
 
     if threads is not None:

@@ -53,6 +53,9 @@ def train_command(
 ) -> None:
     """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
     hash centres). Writes OUTPUT, plus OUTPUT.run/ with last.pt (for --resume) and metrics.jsonl."""
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()
     import torch
 
     from .. import artifacts, config
