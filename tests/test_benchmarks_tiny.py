@@ -162,11 +162,16 @@ def test_given_features_in_another_order_are_refused(tiny_cd, tmp_path, capsys):
     assert not any(k.startswith("extract/") for k in doc["steps"])
 
 
+def _ids(path: Path) -> list[str]:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]]
+
+
 def test_validation_split_runs_without_the_test_splits(tiny_data, tiny_run, tmp_path):
     """benchmarks.validation_split holds out training videos as labelled queries, the rest as train and
     database; run_benchmarks takes the result as it is, with --clusters overriding the centre rule."""
-    import h5py
-
     from benchmarks import validation_split
 
     _, work, _ = tiny_run
@@ -174,22 +179,23 @@ def test_validation_split_runs_without_the_test_splits(tiny_data, tiny_run, tmp_
     argv = ["--data", str(tiny_data), "--features", str(work / "features"), "--fraction", "0.25", "--seed", "3",
             "--out-data", str(vdata), "--out-features", str(vfeats)]
     assert validation_split.main(argv) == 0
-    with h5py.File(work / "features" / "train.h5", "r") as f:
-        train_ids = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]]
-    ids = {}
-    for split in ("train", "query", "database"):
-        with h5py.File(vfeats / f"{split}.h5", "r") as f, h5py.File(vdata / "labels" / f"{split}_labels.h5", "r") as g:
-            ids[split] = [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]]
-            assert [x.decode() if isinstance(x, bytes) else x for x in g["ids"][()]] == ids[split]
+    train_ids = _ids(work / "features" / "train.h5")
+    ids = {split: _ids(vfeats / f"{split}.h5") for split in ("train", "query", "database")}
+    for split in ids:
+        for level in ("labels", "motion", "garment"):
+            assert _ids(vdata / "labels" / f"{split}_{level}.h5") == ids[split]
     assert ids["train"] == ids["database"]
     assert not set(ids["query"]) & set(ids["train"])
     assert sorted(ids["query"] + ids["train"]) == sorted(train_ids)
     assert len(ids["query"]) == round(0.25 * len(train_ids))
-    # the same seed gives the same split; another seed another one
-    assert validation_split.main(argv[:-4] + ["--out-data", str(tmp_path / "d2"), "--out-features",
-                                              str(tmp_path / "f2")]) == 0
-    with h5py.File(tmp_path / "f2" / "query.h5", "r") as f:
-        assert [x.decode() if isinstance(x, bytes) else x for x in f["ids"][()]] == ids["query"]
+    # the same seed gives the same split, another seed another one
+    def query_ids(seed: str, name: str) -> list[str]:
+        out = argv[:7] + [seed, "--out-data", str(tmp_path / f"d{name}"), "--out-features", str(tmp_path / f"f{name}")]
+        assert validation_split.main(out) == 0
+        return _ids(tmp_path / f"f{name}" / "query.h5")
+
+    assert query_ids("3", "same") == ids["query"]
+    assert query_ids("4", "other") != ids["query"]
 
     vwork = tmp_path / "vwork"
     rc = run_benchmarks.main(["--data", str(vdata), "--features", str(vfeats), "--workdir", str(vwork), "--tiny",
