@@ -30,6 +30,7 @@ import math
 import shlex
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -125,6 +126,21 @@ def _fmt(x: float | None, nd: int = 4) -> str:
     return "-" if x is None or not math.isfinite(x) else f"{x:.{nd}f}"
 
 
+def _epoch_table(runs: dict[str, Any], shown: list[int], columns: list[str],
+                 cells_of: Callable[[dict[str, Any]], list[str]]) -> list[str]:
+    """Markdown rows, one per shown epoch: for each run, the cells ``cells_of`` makes from that epoch's record
+    (blank when the run has fewer epochs)."""
+    head = ["epoch"] + [f"{'CA' if r == 'with_ca' else 'no CA'} {c}" for r in RUNS for c in columns]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
+    for e in shown:
+        cells = [str(e)]
+        for r in RUNS:
+            eps = runs[r]["epochs"]
+            cells += cells_of(eps[e - 1]) if e <= len(eps) else [""] * len(columns)
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(result: dict[str, Any], every: int = 1) -> str:
     cfg, ks, levels = result["config"], result["config"]["ks"], result["config"]["levels"]
     runs = result["runs"]
@@ -136,15 +152,8 @@ def markdown(result: dict[str, Any], every: int = 1) -> str:
              "database row).", ""]
     for lvl in levels:
         lines += [f"**{lvl}** relevance:", ""]
-        head = ["epoch"] + [f"{'CA' if r == 'with_ca' else 'no CA'} mAP@{k}" for r in RUNS for k in ks]
-        lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-        for e in shown:
-            cells = [str(e)]
-            for r in RUNS:
-                eps = runs[r]["epochs"]
-                row = eps[e - 1] if e <= len(eps) else None
-                cells += [_fmt(row["map_at_k"][lvl][str(k)]) if row else "" for k in ks]
-            lines.append("| " + " | ".join(cells) + " |")
+        lines += _epoch_table(runs, shown, [f"mAP@{k}" for k in ks],
+                              lambda row, lvl=lvl: [_fmt(row["map_at_k"][lvl][str(k)]) for k in ks])
         if n_ep >= 2 * TAIL:  # one epoch's numbers are noisy: the mean of the last few says more
             cells = [f"mean of last {TAIL}"]
             for r in RUNS:
@@ -159,16 +168,8 @@ def markdown(result: dict[str, Any], every: int = 1) -> str:
         lines.append("")
     lines += ["Training losses (epoch means; `ca term` = a_cluster x ca, the part of the loss the alignment "
               "contributes):", ""]
-    head = ["epoch"] + [f"{'CA' if r == 'with_ca' else 'no CA'} {c}" for r in RUNS
-                        for c in ("loss", "rec", "dcl", "ca", "ca term")]
-    lines += ["| " + " | ".join(head) + " |", "|" + "---:|" * len(head)]
-    for e in shown:
-        cells = [str(e)]
-        for r in RUNS:
-            eps = runs[r]["epochs"]
-            row = eps[e - 1] if e <= len(eps) else None
-            cells += [_fmt(row[c]) if row else "" for c in ("loss", "rec", "dcl", "ca", "ca_term")]
-        lines.append("| " + " | ".join(cells) + " |")
+    lines += _epoch_table(runs, shown, ["loss", "rec", "dcl", "ca", "ca term"],
+                          lambda row: [_fmt(row[c]) for c in ("loss", "rec", "dcl", "ca", "ca_term")])
     secs = {r: sum(x["train_s"] for x in runs[r]["epochs"]) for r in RUNS}
     ev = {r: sum(x["eval_s"] for x in runs[r]["epochs"]) for r in RUNS}
     lines += ["", "Seconds: " + "; ".join(f"{r}: training {secs[r]:.1f} s over {len(runs[r]['epochs'])} epochs, "
