@@ -20,8 +20,12 @@ RELEASED_TRAIN = {
 }
 
 
+METHODS = ("s5vh", "itq", "lsh")
+
+
 @dataclass
 class ModelConfig:
+    method: str = "s5vh"  # "s5vh" (trained model) or a training-free projection: "itq", "lsh" (s5vh_cli/linear.py)
     feature_dim: int = 1280
     frames: int = 25  # T: the model is built for exactly this many frames per video
     bits: int = 64
@@ -44,6 +48,7 @@ class ModelConfig:
     code_tie: str = "plus_one"  # video bit when frame votes tie exactly: +1 (binary codes need a side)
 
     def validate(self) -> ModelConfig:
+        _choice("method", self.method, METHODS)
         _choice("encoder", self.encoder, ("mamba", "transformer"))
         _choice("decoder_order", self.decoder_order, ("temporal", "visible_then_masked"))
         _choice("mamba_init", self.mamba_init, ("mamba", "xavier"))
@@ -77,9 +82,19 @@ class TrainConfig:
     seed: int = 1
     val_fraction: float = 0.0  # optional held-out split of the TRAINING file for model selection
     eval_every: int = 0  # epochs between validation evaluations when val_fraction > 0 (0: every epoch)
+    # views and negatives beyond the paper (each off in the method as published)
+    transformed_views: bool = False  # the two views of a video come from two different renderings (the plain
+    # one and the `extract --views` ones, chosen at random), each then masked as the paper does
+    reverse_negatives: bool = False  # each video's time-reversed sequence is an extra (hard) negative of the
+    # contrastive term, so that the code must change when the order of frames does
+    # training-free methods (ModelConfig.method itq / lsh)
+    linear_fit: str = "auto"  # fit on mean features ("means"), on every frame ("frames"), or "auto": means when
+    # there are at least `bits` videos (ITQ's PCA needs as many rows as bits), else frames
+    itq_iters: int = 50
 
     def validate(self) -> TrainConfig:
         _choice("label_pred", self.label_pred, ("paper", "released"))
+        _choice("linear_fit", self.linear_fit, ("auto", "means", "frames"))
         if not 0.0 < self.mask_ratio < 1.0:
             raise InputError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
         if self.epochs < 1 or self.batch_size < 2:
@@ -121,6 +136,8 @@ class ExtractConfig:
     sampling: str = "uniform"  # "uniform" (T frames spread over the video) or "fps=RATE" (first T at RATE/s)
     batch_size: int = 32  # frames per forward pass
     dtype: str = "float32"  # stored feature dtype: float32 or float16
+    views: int = 0  # extra transformed renderings per video (s5vh_cli/views.py), stored as 'views' [N, V, T, D]
+    view_seed: int = 0  # seeds the views' random edits (with each video's id)
 
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

@@ -164,9 +164,11 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int) -> tuple[str, Any]:
+def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int, views: int = 0, view_seed: int = 0,
+                view_key: str = "") -> tuple[str, Any]:
     try:
-        return "ok", _video.read_frames(path, frames, sampling, size=size, resize=resize)
+        return "ok", _video.read_frames(path, frames, sampling, size=size, resize=resize, views=views,
+                                        view_seed=view_seed, view_key=view_key)
     except S5VHError as e:
         return "err", _reason(str(e), path)
     except MemoryError:
@@ -184,10 +186,10 @@ def _reason(msg: str, path: str) -> str:
 def _decoded(jobs: list[tuple[str, str]], cfg: ExtractConfig, size: int, resize: int,
              workers: int) -> Iterator[tuple[str, str, str, Any]]:
     """Yield (id, path, "ok"|"err", Clip|reason) in input order, decoding ``workers`` videos at a time."""
-    args = (cfg.frames, cfg.sampling, size, resize)
+    args = (cfg.frames, cfg.sampling, size, resize, cfg.views, cfg.view_seed)
     if workers <= 0:
         for vid, path in jobs:
-            yield (vid, path, *_decode_job(path, *args))
+            yield (vid, path, *_decode_job(path, *args, vid))
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -208,7 +210,7 @@ def _decoded(jobs: list[tuple[str, str]], cfg: ExtractConfig, size: int, resize:
                     j = retry.popleft()
                 else:
                     j, nxt = nxt, nxt + 1
-                pending.append((j, pool.submit(_decode_job, jobs[j][1], *args)))
+                pending.append((j, pool.submit(_decode_job, jobs[j][1], *args, jobs[j][0])))
             i, fut = pending.popleft()
             try:
                 status, value = fut.result()
@@ -298,7 +300,7 @@ class _Journal:
 
     def payload(self, at: int) -> bytes:
         s = self.settings
-        size = int(s["frames"]) * int(s["feature_dim"]) * np.dtype(s["dtype"]).itemsize
+        size = (1 + int(s.get("views", 0))) * int(s["frames"]) * int(s["feature_dim"]) * np.dtype(s["dtype"]).itemsize
         return os.pread(self.f.fileno(), size, at)
 
     def add_failure(self, path: str, reason: str) -> None:
@@ -334,11 +336,15 @@ def _open_journal(out: Path, settings: dict[str, Any], progress: Progress) -> _J
             ids = list(h5["ids"].asstr()[()])
             paths = list(h5["paths"][()])
             meta = {k: h5["meta"][k][()] for k in _META_KEYS if "meta" in h5 and k in h5["meta"]}
+            has_views = int(settings.get("views", 0)) > 0
             for i in range(len(ids)):  # row by row: the output may be larger than memory
                 head: dict[str, Any] = {"id": ids[i], "path": bytes(paths[i]).hex()}
                 for k, v in meta.items():
                     head[k] = v[i].tolist()
-                j.add_video(head, h5["feats"][i].astype(dtype))
+                row = h5["feats"][i].astype(dtype)
+                if has_views:
+                    row = np.concatenate([row[None], h5["views"][i].astype(dtype)])
+                j.add_video(head, row)
         j.from_finished = True
         progress.log(f"{out}: {len(ids)} video(s) already extracted; new ones will be appended")
     j.commit()
@@ -354,7 +360,9 @@ def _finished_ids(out: Path, settings: dict[str, Any]) -> set[str]:
         return set(h5["ids"].asstr()[()]) if "ids" in h5 else set()
 
 
-_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess")
+_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess", "views",
+                 "view_seed")
+_SETTING_DEFAULTS = {"views": 0, "view_seed": 0}  # files made before views existed have neither attribute
 _META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices")
 
 
@@ -362,6 +370,10 @@ def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> No
     diff = []
     for k in _SETTING_KEYS:
         a, b = old.get(k), new.get(k)
+        if a is None:
+            a = _SETTING_DEFAULTS.get(k)
+        if b is None:
+            b = _SETTING_DEFAULTS.get(k)
         if isinstance(a, (np.integer, np.floating)):
             a = a.item()
         if isinstance(a, bytes):
@@ -376,6 +388,7 @@ def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> No
 def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) -> None:
     s = j.settings
     n, t, d = len(j.rows), int(s["frames"]), int(s["feature_dim"])
+    nv = int(s.get("views", 0))
     dtype = np.dtype(s["dtype"])
     with atomic_output(out) as tmp:
         import h5py
@@ -386,6 +399,7 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
                 h5.attrs[k] = s[k]
             h5.attrs["weights_file"] = s.get("weights_file", "")
             feats = h5.create_dataset("feats", shape=(n, t, d), dtype=dtype, chunks=(1, t, d))
+            views = h5.create_dataset("views", shape=(n, nv, t, d), dtype=dtype, chunks=(1, nv, t, d)) if nv else None
             ids = h5.create_dataset("ids", shape=(n,), dtype=STR)
             paths = h5.create_dataset("paths", shape=(n,), dtype=BYTES)
             meta = {k: np.zeros((n, t) if k in ("frame_times", "frame_indices") else (n,),
@@ -393,7 +407,10 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
                     for k in _META_KEYS}
             j.f.flush()
             for i, (head, at) in enumerate(j.rows):
-                feats[i] = np.frombuffer(j.payload(at), dtype=dtype).reshape(t, d)
+                row = np.frombuffer(j.payload(at), dtype=dtype).reshape(1 + nv, t, d)
+                feats[i] = row[0]
+                if views is not None:
+                    views[i] = row[1:]
                 ids[i] = head["id"]
                 paths[i] = encode_path(os.fsdecode(bytes.fromhex(head["path"])))
                 for k in _META_KEYS:
@@ -437,10 +454,16 @@ def default_workers() -> int:
 
 
 def _embed(model, clips: list[Any], device) -> np.ndarray:
-    """Features of the frames of ``clips`` in one forward pass: float32 [sum T, D]."""
+    """Features of the frames of ``clips`` in one forward pass: float32 [sum T, D]; a clip with views contributes
+    its plain frames, then each view's frames."""
     import torch
 
-    x = torch.from_numpy(np.concatenate([c.frames for c in clips]))
+    parts = []
+    for c in clips:
+        parts.append(c.frames)
+        if getattr(c, "views", None) is not None:
+            parts.extend(c.views)
+    x = torch.from_numpy(np.concatenate(parts))
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
     with torch.inference_mode():
@@ -473,6 +496,8 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         raise InputError("--frames and --batch-size must be at least 1")
     if cfg.dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be float32 or float16, got {cfg.dtype!r}")
+    if cfg.views < 0:
+        raise InputError(f"views must be 0 or more, got {cfg.views}")
     out = Path(out)
     if out.is_dir():
         raise InputError(f"{out}: is a folder, expected an output file name such as feats.h5")
@@ -493,7 +518,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": str(sampling),
                 "frames": cfg.frames, "feature_dim": spec.feature_dim, "dtype": cfg.dtype,
                 "preprocess": preprocess_string(spec.input_size, spec.resize),
-                "weights_file": os.path.basename(model.weights_path)}
+                "weights_file": os.path.basename(model.weights_path), "views": cfg.views, "view_seed": cfg.view_seed}
     run_cfg = asdict(cfg) | {"sampling": str(sampling)}
     prov = provenance("extract", run_cfg | {"preprocess": settings["preprocess"]}, {"backbone": model.weights_sha256})
     t0 = time.perf_counter()
@@ -556,12 +581,12 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, mod
         if not batch:
             return
         feats = _embed(model, [c for _, c in batch], dev)
-        t = cfg.frames
+        rows = (1 + cfg.views) * cfg.frames  # a video's plain frames, then its views' frames
         for k, (vid, clip) in enumerate(batch):
-            j.add_video(_row_head(vid, clip), feats[k * t:(k + 1) * t].astype(dtype))
+            j.add_video(_row_head(vid, clip), feats[k * rows:(k + 1) * rows].astype(dtype))
         j.commit()  # a kill after this point loses nothing of this batch
         extracted += len(batch)
-        frames_done += len(batch) * t
+        frames_done += len(batch) * rows
         dt = max(time.perf_counter() - t0, 1e-9)
         progress.advance(len(batch), **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
                                         "failed": len(j.failures)})
@@ -577,7 +602,7 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, mod
             for note in value.notes:
                 progress.log(f"note: {display_path(path)}: {note}")
             batch.append((vid, value))
-            if len(batch) * cfg.frames >= cfg.batch_size:
+            if len(batch) * cfg.frames * (1 + cfg.views) >= cfg.batch_size:
                 flush()
         flush()
     finally:
@@ -598,9 +623,12 @@ def _cached_backbone(name: str, weights: str | None, device: str):
 
 
 def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str, weights: str | None = None,
-                  device: str = "auto", batch_size: int = 32,
-                  progress: Progress | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                  device: str = "auto", batch_size: int = 32, progress: Progress | None = None,
+                  mirror: bool = False) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Features of a few clips with exactly the sampling and preprocessing a features artifact records.
+
+    ``mirror``: the features of the clips' mirror images (each frame flipped left-right after the centre crop,
+    which is the centre crop of the flipped frame), for queries that must also find mirrored copies.
 
     ``sampling`` is the artifact's ``sampling`` attribute ("uniform" or "fps=RATE"). Returns float32
     [n, frames, D] and one dict per clip (path, duration, fps, frame_count, valid_frames, frame_times,
@@ -630,6 +658,8 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
     try:
         for i, p in enumerate(paths):
             clip = _video.read_frames(str(p), frames, samp, size=spec.input_size, resize=spec.resize)
+            if mirror:
+                clip.frames = np.ascontiguousarray(clip.frames[:, :, ::-1])
             head = _row_head(str(p), clip)
             head["path"] = str(p)
             head["backbone_sha256"] = model.weights_sha256

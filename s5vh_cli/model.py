@@ -148,6 +148,8 @@ class S5VH(nn.Module):
                  ssm_backend: str = "auto") -> None:
         super().__init__()
         cfg.validate()
+        if cfg.method != "s5vh":
+            raise MismatchError(f"method {cfg.method!r} is a training-free projection (LinearHash), not an S5VH model")
         self.cfg = cfg
         L, K = cfg.bits, cfg.n_clusters
         enc_cls = S5VHEncoder if cfg.encoder == "mamba" else TransformerEncoder
@@ -222,11 +224,35 @@ class S5VH(nn.Module):
             "logits": self.center_logits(mean_code),
         }
 
+    def frame_codes_visible(self, x: Tensor, visible_idx: Tensor) -> Tensor:
+        """+-1 codes [B, V, L] of the visible frames only (training's masked view), with gradients."""
+        self._check_input(x)
+        return self._codes(x, visible_idx)
+
     def frame_codes(self, x: Tensor, hash_norm: bool = True) -> Tensor:
         """+-1 codes of every frame [B, T, L] with all frames visible (``hash_norm=False``: the released
         label-prediction path, which skips the LayerNorm before the sign)."""
         self._check_input(x)
         return self._codes(x, None, hash_norm)
+
+    def soft_frame_codes(self, x: Tensor) -> Tensor:
+        """Continuous frame codes before the sign [B, T, L] (after the hash LayerNorm): what re-ranking compares."""
+        self._check_input(x)
+        return self.binary_norm(self.binary(self.encoder(x)))
+
+    @staticmethod
+    def soft_video(h: Tensor) -> Tensor:
+        """The video's continuous code [B, L] from its pre-sign frame codes [B, T, L]: the mean of tanh over frames,
+        a soft version of the mean of the +-1 frame codes whose sign is the binary code."""
+        return torch.tanh(h).mean(dim=1)
+
+    @staticmethod
+    def bits_from_soft(h: Tensor) -> Tensor:
+        """Video bits [B, L] (True = +1) from pre-sign frame codes: the sign of the mean +-1 frame code, ties +1."""
+        return torch.where(h > 0, 1.0, -1.0).sum(dim=1) >= 0
+
+    def soft_code(self, x: Tensor) -> Tensor:
+        return self.soft_video(self.soft_frame_codes(x))
 
     def hash(self, x: Tensor) -> Tensor:
         """Video codes [B, L] as booleans (True = +1): sign of the mean frame code, ties (mean 0) go to +1."""

@@ -83,6 +83,22 @@ def _batch(feats: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Te
     return torch.from_numpy(np.ascontiguousarray(feats[idx], dtype=np.float32)).to(device)
 
 
+def _two_renderings(feats: np.ndarray, views: np.ndarray, idx: np.ndarray, gen: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two different renderings of each video (0: the plain one, k: ``views[:, k-1]``), drawn uniformly."""
+    nv = views.shape[1] + 1
+    a = torch.randint(nv, (len(idx),), generator=gen).numpy()
+    b = (a + torch.randint(1, nv, (len(idx),), generator=gen).numpy()) % nv
+
+    def pick(r: np.ndarray) -> torch.Tensor:
+        out = np.empty((len(idx), *feats.shape[1:]), np.float32)
+        for i, (row, k) in enumerate(zip(idx, r, strict=True)):
+            out[i] = feats[row] if k == 0 else views[row, k - 1]
+        return torch.from_numpy(out).to(device)
+
+    return pick(a), pick(b)
+
+
 def _gather_frames(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -154,14 +170,20 @@ def _label_pred(model: S5VH, x: torch.Tensor, mode: str, tau_c: float) -> torch.
 
 
 def _step_losses(model: S5VH, x: torch.Tensor, masks: tuple[torch.Tensor, ...], targets: torch.Tensor,
-                 tcfg: TrainConfig) -> dict[str, torch.Tensor]:
+                 tcfg: TrainConfig, x2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    """Losses of one batch. ``x2``: the rendering the second view is cut from (default: ``x``, the paper)."""
     vis1, msk1, vis2, msk2 = (m.to(x.device) for m in masks)
+    x2 = x if x2 is None else x2
     b = x.shape[0]
     # both views in one batched pass: every op is per sample, so this equals two separate passes
-    out = model(torch.cat([x, x], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
+    out = model(torch.cat([x, x2], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
     rec = reconstruction_loss([out["recon"][:b], out["recon"][b:]],
-                              [_gather_frames(x, msk1), _gather_frames(x, msk2)])
-    dcl = dcl_loss(out["mean_code"][:b], out["mean_code"][b:], tcfg.temperature, tcfg.tau_plus)
+                              [_gather_frames(x, msk1), _gather_frames(x2, msk2)])
+    hard = None
+    if tcfg.reverse_negatives:
+        # the first view's frames in reverse order: same frames, opposite arrow of time
+        hard = model.frame_codes_visible(x.flip(1), vis1).mean(dim=1)
+    dcl = dcl_loss(out["mean_code"][:b], out["mean_code"][b:], tcfg.temperature, tcfg.tau_plus, hard)
     scale = 1.0 / (model.cfg.bits * tcfg.temperature_cluster)
     ca = center_alignment_loss([out["logits"][:b] * scale, out["logits"][b:] * scale], targets)
     total = rec + tcfg.alpha * dcl + tcfg.a_cluster * ca
@@ -192,6 +214,46 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# training-free methods
+# ----------------------------------------------------------------------------------------------------------
+def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfig, out_path: str | os.PathLike,
+               progress: Progress | None = None) -> dict[str, Any]:
+    """Fit LSH or ITQ (``model_cfg.method``) on ``features`` and write a model file that encode/index/query take
+    like an S5VH model. Seconds, not minutes: no centres, no epochs."""
+    from .checkpoint import save_model
+    from .linear import LinearHash, fit_itq, fit_lsh
+
+    progress = progress or NULL
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise InputError(f"{out_path.parent}: output folder does not exist")
+    artifacts.check_not_input(out_path, {"features": features.path})
+    train_cfg = dataclasses.replace(train_cfg).validate()
+    model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames).validate()
+    t0 = time.perf_counter()
+    on = train_cfg.linear_fit
+    if on == "auto":
+        on = "means" if features.n >= model_cfg.bits or model_cfg.method == "lsh" else "frames"
+    x = features.feats.astype(np.float64)
+    x = x.mean(axis=1) if on == "means" else x.reshape(-1, features.dim)
+    progress.log(f"fitting {model_cfg.method.upper()} ({model_cfg.bits} bits) on the {on} of {features.n} videos "
+                 f"({x.shape[0]} rows)")
+    extra: dict[str, Any] = {"fit_on": on, "n_train": features.n, "rows": int(x.shape[0])}
+    if model_cfg.method == "lsh":
+        mean, proj = fit_lsh(x, model_cfg.bits, train_cfg.seed)
+    else:
+        mean, proj, history = fit_itq(x, model_cfg.bits, train_cfg.itq_iters, train_cfg.seed)
+        extra["quantisation_loss"] = history[-1] if history else None
+    model = LinearHash(model_cfg).set_fit(mean, proj)
+    elapsed = time.perf_counter() - t0
+    extra["seconds"] = round(elapsed, 3)
+    save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+    progress.log(f"model written to {out_path}")
+    return {"model": str(out_path), "method": model_cfg.method, "fit_on": on, "seconds": round(elapsed, 3),
+            "n_train": features.n, "epochs": 0, "epochs_run": 0, "last": {}, "metrics": None}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------------------
 def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -208,6 +270,8 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     """
     from .ssm import resolve_backend
 
+    if model_cfg.method != "s5vh":
+        return fit_linear(features, model_cfg, train_cfg, out_path, progress)
     progress = progress or NULL
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
@@ -240,6 +304,12 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     k = model_cfg.n_clusters
     init_labels = torch.from_numpy(np.eye(k, dtype=np.float64)[centers.pseudo_labels])
     feats = features.feats
+    views = None
+    if train_cfg.transformed_views:
+        views = features.views
+        if views is None or views.shape[1] == 0:
+            raise InputError(f"{features.path}: transformed views need features extracted with views "
+                             "(s5vh extract --views N)")
 
     torch.manual_seed(train_cfg.seed)
     gen = torch.Generator().manual_seed(train_cfg.seed)
@@ -312,7 +382,10 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                         soft_labels[pos_t] = (1 - train_cfg.smoothing_alpha) * soft_labels[pos_t] + \
                             train_cfg.smoothing_alpha * p
                     targets = soft_labels[pos_t].to(dev)
-                    losses = _step_losses(model, x, masks, targets, train_cfg)
+                    x2 = None
+                    if views is not None:
+                        x, x2 = _two_renderings(feats, views, train_idx[pos], gen, dev)
+                    losses = _step_losses(model, x, masks, targets, train_cfg, x2)
                     optimizer.zero_grad(set_to_none=True)
                     losses["loss"].backward()
                     optimizer.step()

@@ -268,3 +268,28 @@ def test_label_pred_modes():
         want = torch.softmax(model.center_logits(codes.mean(1)), -1)
     assert torch.allclose(r1, want)
     assert not torch.allclose(r1, p1)
+
+
+def test_transformed_views_and_reverse_negatives(tmp_path):
+    f = make_features()
+    with pytest.raises(InputError, match="extract --views"):
+        run_train(tmp_path, "a.pt", features=f, transformed_views=True)
+    f.views = np.random.default_rng(1).standard_normal((f.n, 2, f.frames, f.dim)).astype(np.float32)
+    s = run_train(tmp_path, "b.pt", features=f, transformed_views=True, reverse_negatives=True)
+    assert np.isfinite(s["last"]["loss"])
+    _, meta = load_model(tmp_path / "b.pt", ssm_backend="torch")
+    assert meta["train_config"]["transformed_views"] and meta["train_config"]["reverse_negatives"]
+    # the paper's training is untouched by the existence of views: same seed, same model as without them
+    plain = run_train(tmp_path, "c.pt", features=make_features())
+    with_views = run_train(tmp_path, "d.pt", features=f)
+    assert plain["last"]["loss"] == with_views["last"]["loss"]
+
+
+def test_two_renderings_differ_per_video():
+    from s5vh_cli.train import _two_renderings
+
+    feats = np.zeros((6, 2, 3), np.float32)
+    views = np.stack([np.full((6, 2, 3), k + 1, np.float32) for k in range(3)], axis=1)  # rendering k holds k
+    a, b = _two_renderings(feats, views, np.arange(6), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert a.shape == (6, 2, 3) and (a[:, 0, 0] != b[:, 0, 0]).all()
+    assert set(a[:, 0, 0].tolist()) | set(b[:, 0, 0].tolist()) <= {0.0, 1.0, 2.0, 3.0}

@@ -19,6 +19,9 @@ def train_command(
                                         "in-process when omitted."),
     output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Model file to write."),
     bits: int | None = typer.Option(None, "--bits", help="Code length in bits (multiple of 8) [default: 64]."),
+    method: str = typer.Option("s5vh", "--method", help="s5vh (train the model), or a training-free projection of "
+                               "mean frame features fitted in seconds: itq (PCA + rotation) or lsh (random "
+                               "hyperplanes). encode, index and query take any of them."),
     preset: str = typer.Option("default", "--preset", help="Hyper-parameter preset: default, fcv, act, ucf, hmdb, "
                                "demo."),
     behaviour: str = typer.Option("paper", "--behaviour", help="paper: the method as published; released: every "
@@ -49,6 +52,14 @@ def train_command(
     centers_mode: str | None = typer.Option(None, "--centers-mode", help="fixed (+-1 hash centres, frozen) or "
                                             "learned (trainable prototypes)."),
     label_pred: str | None = typer.Option(None, "--label-pred", help="Pseudo-label prediction: paper or released."),
+    transformed_views: bool | None = typer.Option(None, "--transformed-views/--no-transformed-views",
+                                                  help="Cut the two contrasted views from two different renderings "
+                                                  "of the video (features from `s5vh extract --views N`), so the "
+                                                  "codes learn what copies go through. Off in the paper."),
+    reverse_negatives: bool | None = typer.Option(None, "--reverse-negatives/--no-reverse-negatives",
+                                                  help="Use each video played backwards as an extra negative of "
+                                                  "the contrastive loss, so codes depend on frame order. Off in "
+                                                  "the paper."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
@@ -67,12 +78,13 @@ def train_command(
             raise typer.BadParameter("must be at least 1", param_hint="--threads")
         torch.set_num_threads(threads)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
-    model_cfg = config.replace(model_cfg, bits=bits, encoder=encoder, tie_directions=tie_directions,
+    model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, tie_directions=tie_directions,
                                decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
     train_cfg = config.replace(train_cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                val_fraction=val_fraction, label_pred=label_pred, mask_ratio=mask_ratio,
                                alpha=alpha, a_cluster=a_cluster, weight_decay=weight_decay,
-                               warm_up_epochs=warm_up_epochs)
+                               warm_up_epochs=warm_up_epochs, transformed_views=transformed_views,
+                               reverse_negatives=reverse_negatives)
     if seed is not None:
         centers_cfg = config.replace(centers_cfg, seed=seed)
     model_cfg.validate()
@@ -82,11 +94,20 @@ def train_command(
     # read and validate every input before printing anything, so bad input is exactly one line
     feats = artifacts.read_features(features)
     cents = artifacts.read_centers(centers) if centers is not None else None
-    sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    if model_cfg.method == "s5vh":
+        sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    elif cents is not None:
+        sink.log(f"--method {model_cfg.method} uses no centres; ignoring {centers}")
     sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
     summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev, ssm_backend=ssm_backend,
                     progress=sink, centers_cfg=centers_cfg)
     last = summary["last"]
+    if model_cfg.method != "s5vh":
+        if not quiet:
+            console.print(f"fitted {model_cfg.method.upper()} on the {summary['fit_on']} of {summary['n_train']} "
+                          f"videos in {summary['seconds']:.2f} s; model: {summary['model']}", highlight=False,
+                          markup=False)
+        return
     if not quiet:
         console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
                       f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
