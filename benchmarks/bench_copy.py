@@ -11,7 +11,8 @@ the database videos (no labels), encodes queries and database, and scores:
 
 Methods: ``cosine`` (float cosine of mean frame features: the free reference), ``lsh``, ``itq`` (`s5vh train
 --method`), ``s5vh`` (the method as published), ``s5vh_views`` (+ --transformed-views), ``s5vh_reverse``
-(+ --reverse-negatives), ``s5vh_views_reverse`` (both).
+(+ --reverse-negatives), ``s5vh_views_reverse`` (both); for the diagnosis, ``s5vh_noca`` and ``s5vh_views_noca``
+(the centre-alignment weight set to 0).
 
 The score is exact top-1: the share of queries whose first answer is their source segment (= `s5vh eval`'s
 exact mAP@1), with its standard error over queries, per transform, and paired against float cosine. Train
@@ -40,9 +41,12 @@ from s5vh_cli.artifacts import read_features
 from s5vh_cli.codes import hamming, topk_from_distances
 from s5vh_cli.descriptors import normalise, sequence_similarity, soft_similarity
 
-METHODS = ("cosine", "lsh", "itq", "s5vh", "s5vh_views", "s5vh_reverse", "s5vh_views_reverse")
+METHODS = ("cosine", "lsh", "itq", "s5vh", "s5vh_views", "s5vh_reverse", "s5vh_views_reverse", "s5vh_noca",
+           "s5vh_views_noca")
 TRAIN_OPTIONS = {"s5vh": {}, "s5vh_views": {"transformed_views": True}, "s5vh_reverse": {"reverse_negatives": True},
-                 "s5vh_views_reverse": {"transformed_views": True, "reverse_negatives": True}}
+                 "s5vh_views_reverse": {"transformed_views": True, "reverse_negatives": True},
+                 # diagnosis: without the centre-alignment term
+                 "s5vh_noca": {"a_cluster": 0.0}, "s5vh_views_noca": {"transformed_views": True, "a_cluster": 0.0}}
 
 
 def sem(x: np.ndarray) -> float:
@@ -72,7 +76,9 @@ def top1_hamming(cq: np.ndarray, cd: np.ndarray, flip: np.ndarray | None = None)
 
 def top1_rerank(cq: np.ndarray, cd: np.ndarray, dq: np.ndarray, dd: np.ndarray, k: int, kind: str,
                 flip: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
-    """Top K by Hamming (ties by row), re-scored by the descriptor; the best score wins (ties: Hamming order)."""
+    """Top K by Hamming (ties by row), re-scored by the descriptor; the best score wins (ties: Hamming order).
+
+    ``kind``: soft, or frames-<order> (an order of descriptors.sequence_similarity)."""
     d = hamming(cq, cd)
     if flip is not None:
         d = np.minimum(d, hamming(flip[0], cd))
@@ -90,7 +96,7 @@ def top1_rerank(cq: np.ndarray, cd: np.ndarray, dq: np.ndarray, dd: np.ndarray, 
 def _score(q: np.ndarray, cands: np.ndarray, kind: str) -> np.ndarray:
     if kind == "soft":
         return soft_similarity(q.astype(np.float32), cands.astype(np.float32))
-    return sequence_similarity(q.astype(np.float32), cands.astype(np.float32), "monotone")
+    return sequence_similarity(q.astype(np.float32), cands.astype(np.float32), kind.split("-", 1)[1])
 
 
 class Bench:
@@ -108,6 +114,27 @@ class Bench:
         self.tf = transforms_of(self.data, self.q.ids)
         self.rows: list[dict] = []
         self.outcomes: dict[str, list[int]] = {}
+        if a.val_views:
+            self._validation_split(a.val_views)
+
+    def _validation_split(self, k: int) -> None:
+        """Validation without the query split: the last ``k`` extraction views of each database video are the
+        queries (their source is known without labels), training sees only the other views."""
+        import copy
+
+        v = self.db_views
+        if v is None or v.views is None or v.views.shape[1] <= k:
+            raise SystemExit(f"--val-views {k} needs database features with more than {k} views")
+        q = copy.copy(v)
+        q.feats = v.views[:, -k:].reshape(-1, *v.feats.shape[1:])
+        q.ids = [f"{i}#view{j}" for i in v.ids for j in range(k)]
+        q.views = None
+        self.q, self.q_flip = q, None
+        self.ql = np.repeat(self.dl, k)
+        self.tf = np.array(["view"] * len(self.ql))
+        train = copy.copy(v)
+        train.views = v.views[:, :-k]
+        self.db_views = train
 
     def record(self, method: str, bits: int | None, variant: str, top1: np.ndarray, train_s: float | None,
                encode_s: float | None) -> None:
@@ -181,14 +208,16 @@ class Bench:
                 self.record(method, bits, "codes", top1_hamming(cq, cd), r(train_s), r(encode_s))
                 for k in a.rerank:
                     self.record(method, bits, f"+rerank{k} soft", top1_rerank(cq, cd, sq, sd, k, "soft"), None, None)
-                    self.record(method, bits, f"+rerank{k} frames", top1_rerank(cq, cd, fq, fd, k, "frames"), None,
-                                None)
+                    for o in a.order:
+                        self.record(method, bits, f"+rerank{k} frames-{o}",
+                                    top1_rerank(cq, cd, fq, fd, k, f"frames-{o}"), None, None)
                 if self.q_flip is not None:
                     cf, ff = encode_with_descriptors(model, self.q_flip.feats, "frames", a.descriptor_frames)
                     self.record(method, bits, "+flip", top1_hamming(cq, cd, cf), None, None)
                     for k in a.rerank:
-                        self.record(method, bits, f"+flip +rerank{k} frames",
-                                    top1_rerank(cq, cd, fq, fd, k, "frames", flip=(cf, ff)), None, None)
+                        self.record(method, bits, f"+flip +rerank{k} frames-{a.order[0]}",
+                                    top1_rerank(cq, cd, fq, fd, k, f"frames-{a.order[0]}", flip=(cf, ff)), None,
+                                    None)
 
 
 def markdown(rows: list[dict]) -> str:
@@ -219,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--threads", type=int)
+    ap.add_argument("--val-views", type=int, default=0, help="validate instead of testing: the last N views of the "
+                    "database features with views are the queries; the query split is not read")
+    ap.add_argument("--order", default="aligned", help="comma-separated frame alignments for --rerank frames: "
+                    "aligned, monotone, none (the first also serves +flip)")
     a = ap.parse_args(argv)
     a.bits = [int(b) for b in a.bits.split(",") if b]
     a.methods = [m for m in a.methods.split(",") if m]
@@ -226,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     bad = [m for m in a.methods if m not in METHODS]
     if bad:
         ap.error(f"unknown method(s) {bad}; choose from {', '.join(METHODS)}")
+    a.order = [o for o in a.order.split(",") if o]
     if a.threads:
         import torch
 

@@ -46,12 +46,17 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("lsh", "itq", "s5vh_paper", "s5vh_released", "transformer", "videohash")
+METHODS = ("lsh", "itq", "s5vh_paper", "s5vh_released", "transformer", "videohash", "s5vh_reverse", "s5vh_views",
+           "s5vh_views_reverse")
 DEFAULT_METHODS = METHODS[:5]
 LEARNT = {  # method -> extra `s5vh train` options
     "s5vh_paper": ["--behaviour", "paper"],
     "s5vh_released": ["--behaviour", "released"],
     "transformer": ["--behaviour", "paper", "--encoder", "transformer"],
+    # options beyond the paper (issue 13); the views need training features from `s5vh extract --views N`
+    "s5vh_reverse": ["--behaviour", "paper", "--reverse-negatives"],
+    "s5vh_views": ["--behaviour", "paper", "--transformed-views"],
+    "s5vh_views_reverse": ["--behaviour", "paper", "--transformed-views", "--reverse-negatives"],
 }
 SPLITS = ("train", "query", "database")
 TINY = {"preset": "demo", "epochs": 1, "bits": "16", "batch_size": 16, "ks": "5,20"}
@@ -396,7 +401,8 @@ def _median_epoch_seconds(run_dir: Path) -> float | None:
 
 NAMES = {"lsh": "LSH (mean features)", "itq": "ITQ (mean features)", "s5vh_paper": "S5VH, paper",
          "s5vh_released": "S5VH, released options", "transformer": "Transformer encoder, same training",
-         "videohash": "videohash 3.0.1 (from the files)"}
+         "videohash": "videohash 3.0.1 (from the files)", "s5vh_reverse": "S5VH + reverse negatives",
+         "s5vh_views": "S5VH + transformed views", "s5vh_views_reverse": "S5VH + views + reverse negatives"}
 
 
 def markdown(rows: list[dict], ks: list[int], levels: list[str], meta: dict) -> str:

@@ -65,8 +65,11 @@ class ModelConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 128
+    # 0 = chosen from the library size (resolve_schedule): batch min(128, max(16, n/8)), then enough epochs for
+    # about `auto_steps` optimizer steps, at least 3 and at most 60. The named presets give the released values.
+    epochs: int = 0
+    batch_size: int = 0
+    auto_steps: int = 200
     lr: float = 5e-4
     min_lr: float = 1e-5
     weight_decay: float = 1e-4
@@ -97,8 +100,8 @@ class TrainConfig:
         _choice("linear_fit", self.linear_fit, ("auto", "means", "frames"))
         if not 0.0 < self.mask_ratio < 1.0:
             raise InputError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise InputError("epochs must be >= 1 and batch_size >= 2")
+        if self.epochs < 0 or self.batch_size < 0 or self.batch_size == 1:
+            raise InputError("epochs must be >= 1 and batch_size >= 2 (or 0: chosen from the library size)")
         if not 0.0 <= self.val_fraction < 0.5:
             raise InputError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         return self
@@ -141,7 +144,7 @@ class ExtractConfig:
 
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "default": {"model": {}, "train": {}, "centers": {}},
+    "default": {"model": {}, "train": {}, "centers": {}},  # epochs and batch chosen from the library size
     "fcv": {
         "model": {"feature_dim": 4096, "frames": 25, "n_clusters": 450},
         "train": {"epochs": 500, "batch_size": 512, "mask_ratio": 0.75, "alpha": 2.5, "tau_plus": 0.1,
@@ -173,6 +176,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "centers": {"n_clusters": 8, "pca_dim": 64},
     },
 }
+
+
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 3, 60
+
+
+def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
+    """Concrete batch size and epochs for ``n_train`` videos where ``cfg`` leaves them at 0 (auto).
+
+    Batch: min(128, max(16, n / 8)), never more than the library. Epochs: about ``auto_steps`` optimizer steps,
+    between 3 and 60. A few dozen videos get tens of epochs of a few steps each, a few thousand a handful of
+    epochs; never 100 epochs of a single step (docs/copies.md has the measurements behind the numbers).
+    """
+    batch = cfg.batch_size or min(128, max(16, n_train // 8), max(2, n_train))
+    steps = max(1, -(-n_train // batch))
+    epochs = cfg.epochs or min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, -(-cfg.auto_steps // steps)))
+    return dataclasses.replace(cfg, batch_size=batch, epochs=epochs)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

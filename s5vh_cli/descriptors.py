@@ -6,11 +6,12 @@ A binary code finds candidates fast; a small float16 descriptor stored beside it
   soft    [L]      the video's continuous code before the sign (S5VH: mean over frames of tanh of the pre-sign
                    frame codes; ITQ/LSH: the projection of the mean frame feature). Compared by cosine.
   frames  [F, L]   the continuous code of F frames sampled uniformly in time (F = ``--descriptor-frames``).
-                   Compared in time order: the best monotone alignment of the query's frames onto the
-                   candidate's frames (each query frame matched to a candidate frame, never earlier than the
-                   previous query frame's match), scored by the mean cosine of the matched pairs. The order
-                   constraint is what tells a clip from its reverse or from a shuffled neighbour, and the
-                   freedom of the alignment is what lets a sub-clip or a copy at another frame rate still match.
+                   Compared in time order: the mean cosine of frame t of the query with frame t of the
+                   candidate. Both are sampled at the same relative times, so a copy lines up frame by frame;
+                   the order is what tells a clip from its reverse and from a neighbouring segment of the same
+                   shot. Alignments with more freedom (any order-preserving path, or the best straight-line time
+                   mapping to fit sub-clips) were measured on a validation set of transformed renderings and
+                   lost: they also fit look-alike neighbours (docs/copies.md).
 
 Memory per video: 2 L bytes (soft) or 2 F L bytes (frames), e.g. 128 B and 1 KiB at 64 bits with F = 8: 128 MB and
 1 GiB per million videos.
@@ -43,11 +44,13 @@ def soft_similarity(query: np.ndarray, cands: np.ndarray) -> np.ndarray:
     return normalise(cands) @ normalise(query)
 
 
-def sequence_similarity(query: np.ndarray, cands: np.ndarray, order: str = "monotone") -> np.ndarray:
+def sequence_similarity(query: np.ndarray, cands: np.ndarray, order: str = "aligned") -> np.ndarray:
     """Similarity of a query's frame descriptors [Tq, L] to candidates' [K, Td, L] -> [K], in [-1, 1].
 
-    ``order``: ``monotone`` (best order-preserving alignment, see the module docstring), ``aligned`` (frame t
-    against frame t, needs Tq == Td) or ``none`` (each query frame's best match anywhere: a bag of frames).
+    ``order``: ``aligned`` (frame t against frame t: the frames are sampled at the same relative times of both
+    videos; needs Tq == Td), ``monotone`` (the best order-preserving alignment of any shape: each query frame
+    matched to a candidate frame never earlier than the previous query frame's match) or ``none`` (each query
+    frame's best match anywhere: a bag of frames).
     """
     q = normalise(query)
     c = normalise(cands)
@@ -61,9 +64,10 @@ def sequence_similarity(query: np.ndarray, cands: np.ndarray, order: str = "mono
     if order == "none":
         return sim.max(axis=2).mean(axis=1)
     if order != "monotone":
-        raise InputError(f"order must be monotone, aligned or none, got {order!r}")
+        raise InputError(f"order must be aligned, monotone or none, got {order!r}")
     # dp[k, j]: best total for query frames 0..i with frame i matched to candidate frame j
     dp = sim[:, 0, :]
     for i in range(1, sim.shape[1]):
         dp = sim[:, i, :] + np.maximum.accumulate(dp, axis=1)
     return dp.max(axis=1) / sim.shape[1]
+

@@ -283,6 +283,7 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
+    auto = [k for k in ("epochs", "batch_size") if not getattr(train_cfg, k)]
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     backend, backend_why = ("none", "transformer encoder: no selective scan")
     if model_cfg.encoder == "mamba":
@@ -301,6 +302,12 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     n_train = len(train_idx)
     if n_train < 2:
         raise InputError(f"{features.path}: at least 2 videos are needed to train, found {n_train}")
+    if auto:
+        from .config import resolve_schedule
+
+        train_cfg = resolve_schedule(train_cfg, n_train)
+        progress.log(f"schedule for {n_train} videos: batch {train_cfg.batch_size}, {train_cfg.epochs} epochs "
+                     f"(about {train_cfg.auto_steps} steps; set --epochs / --batch-size to choose)")
     k = model_cfg.n_clusters
     init_labels = torch.from_numpy(np.eye(k, dtype=np.float64)[centers.pseudo_labels])
     feats = features.feats

@@ -29,9 +29,10 @@ def test_frame_positions():
 def test_monotone_alignment_tells_order_and_tolerates_subclips(rng):
     seq = normalise(rng.standard_normal((12, 16)))
     cands = np.stack([seq, seq[::-1], seq[rng.permutation(12)], normalise(rng.standard_normal((12, 16)))])
-    s = sequence_similarity(seq, cands, "monotone")
-    assert s[0] == pytest.approx(1.0, abs=1e-5)
-    assert s[0] > s[1] and s[0] > s[2] and s[0] > s[3]
+    for order in ("aligned", "monotone"):
+        s = sequence_similarity(seq, cands, order)
+        assert s[0] == pytest.approx(1.0, abs=1e-5)
+        assert s[0] > s[1] and s[0] > s[2] and s[0] > s[3]
     # the reverse and a shuffle hold the same frames: a bag of frames cannot tell them apart
     bag = sequence_similarity(seq, cands, "none")
     assert bag[0] == pytest.approx(bag[1], abs=1e-5) == pytest.approx(bag[2], abs=1e-5)

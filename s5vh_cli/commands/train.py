@@ -26,8 +26,10 @@ def train_command(
                                "demo."),
     behaviour: str = typer.Option("paper", "--behaviour", help="paper: the method as published; released: every "
                                   "departure of the authors' released code (docs/paper-vs-released.md)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (preset value when omitted)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Videos per step."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs [default: the preset's; preset "
+                                      "default: enough for about 200 steps, 3 to 60]."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Videos per step [default: the preset's; "
+                                          "preset default: min(128, max(16, videos/8))]."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (cosine decay to min_lr)."),
     encoder: str | None = typer.Option(None, "--encoder", help="mamba (S5VH) or transformer (ConMH-style)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
