@@ -38,7 +38,21 @@ _PRODUCED_BY = {
     "model": "`s5vh train`",
 }
 STR = h5py.string_dtype("utf-8")
-BYTES = h5py.vlen_dtype(np.dtype("uint8"))
+BYTES = h5py.vlen_dtype(np.dtype("uint8"))  # paths as written before: one vlen uint8 row per path (still read)
+PATHS = h5py.string_dtype("ascii")  # paths: vlen byte strings holding the raw bytes of the name
+
+# Per-video file records: made by `extract` (meta/ of features), carried by `encode` (meta/ of codes) into the
+# index, where `sync` compares them with the files on disk and `dedup` chooses a keeper with them.
+# name -> (dtype, value meaning "unknown")
+RECORD_FIELDS: dict[str, tuple[str, Any]] = {
+    "file_size": ("int64", -1),
+    "file_mtime_ns": ("int64", -1),
+    "file_sha256": ("S64", b""),
+    "width": ("int32", -1),
+    "height": ("int32", -1),
+    "duration": ("float64", float("nan")),
+    "fps": ("float64", float("nan")),
+}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -275,6 +289,8 @@ def _read_strings(h5: h5py.File, key: str, n: int) -> list[str]:
     ds = h5[key]
     if ds.shape != (n,):
         raise ArtifactError(f"{h5.filename}: '{key}' has shape {ds.shape}, expected ({n},)")
+    if key == "paths" and h5py.check_string_dtype(ds.dtype) is not None:
+        return [os.fsdecode(b) for b in ds[()]]  # raw bytes in a vlen byte string
     if ds.dtype == BYTES or ds.dtype.kind == "O" and key == "paths":
         return [decode_path(b) for b in ds[()]]
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]]
@@ -282,9 +298,62 @@ def _read_strings(h5: h5py.File, key: str, n: int) -> list[str]:
 
 def _write_ids_paths(h5: h5py.File, ids: list[str], paths: list[str]) -> None:
     h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=STR)
-    ds = h5.create_dataset("paths", shape=(len(paths),), dtype=BYTES)
-    for i, p in enumerate(paths):
-        ds[i] = encode_path(p)
+    # variable-length byte strings hold any path's raw bytes (names need not be UTF-8) and are written in one
+    # call; a vlen-uint8 dataset had to be written row by row (232 s for a million paths)
+    h5.create_dataset("paths", data=np.array([os.fsencode(p) for p in paths], dtype=object), dtype=PATHS)
+
+
+def check_backed(ds: h5py.Dataset, where: str | os.PathLike) -> None:
+    """Refuse a dataset that declares more bytes than could be stored for it, before reading it.
+
+    Contiguous storage must hold every declared byte; chunked storage may compress, but not beyond what any
+    honest data gives (a file of a few KB declaring gigabytes of zeros or of unwritten chunks is refused).
+    """
+    declared = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
+    if declared <= (1 << 20):
+        return
+    stored = int(ds.id.get_storage_size())
+    limit = stored if ds.chunks is None else stored * 1024
+    if declared > limit:
+        raise ArtifactError(f"{where}: '{ds.name.lstrip('/')}' declares {declared:,} bytes but the file stores "
+                            f"{stored:,} for it; the file is damaged or crafted")
+
+
+def video_records(meta: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
+    """The RECORD_FIELDS columns of a ``meta`` group of ``n`` rows, filled with "unknown" where absent."""
+    out = {}
+    for name, (dtype, missing) in RECORD_FIELDS.items():
+        col = np.full(n, missing, dtype=dtype)
+        v = meta.get(name)
+        if v is not None:
+            v = np.asarray(v)
+            if v.shape != (n,):
+                raise ArtifactError(f"meta/{name} has shape {v.shape}, expected ({n},)")
+            col[:] = v.astype(dtype)
+        out[name] = col
+    return out
+
+
+def concat_records(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {name: np.concatenate([p[name] for p in parts]) for name in RECORD_FIELDS}
+
+
+def write_records(h5: h5py.File, records: dict[str, np.ndarray], n: int) -> None:
+    g = h5.require_group("meta")
+    for name, (dtype, missing) in RECORD_FIELDS.items():
+        v = records.get(name)
+        g.create_dataset(name, data=np.full(n, missing, dtype=dtype) if v is None else np.asarray(v, dtype=dtype))
+
+
+def read_records(h5: h5py.File, n: int) -> dict[str, np.ndarray]:
+    meta = {}
+    if "meta" in h5:
+        for name in RECORD_FIELDS:
+            if name in h5["meta"]:
+                ds = h5["meta"][name]
+                check_backed(ds, h5.filename)
+                meta[name] = ds[()]
+    return video_records(meta, n)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -473,6 +542,7 @@ class Codes:
     bits: int
     model_sha256: str = ""
     attrs: dict[str, Any] = field(default_factory=dict)
+    meta: dict[str, np.ndarray] = field(default_factory=dict)  # per-video records (RECORD_FIELDS), each [N]
 
     @property
     def n(self) -> int:
@@ -490,6 +560,8 @@ def write_codes(path: str | os.PathLike, c: Codes, prov: dict[str, Any], extra_a
             h5.attrs[k] = v
         h5.create_dataset("codes", data=c.codes)
         _write_ids_paths(h5, c.ids, c.paths)
+        if c.meta:
+            write_records(h5, video_records(c.meta, c.n), c.n)
 
 
 def read_codes(path: str | os.PathLike) -> Codes:
@@ -501,7 +573,8 @@ def read_codes(path: str | os.PathLike) -> Codes:
         n = codes.shape[0]
         return Codes(path=Path(path), codes=codes, ids=_read_strings(h5, "ids", n), paths=_read_strings(h5, "paths", n),
                      bits=bits, model_sha256=_attr_str(h5, "model_sha256"),
-                     attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()})
+                     attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+                     meta=read_records(h5, n) if "meta" in h5 else {})
 
 
 def check_same(what: str, a: Any, b: Any, a_name: str, b_name: str) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -112,3 +114,39 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.to(device).eval()
     meta = {k: v for k, v in data.items() if k != "state_dict"}
     return model, meta
+
+
+def kept_model_path(path: str | os.PathLike, sha256: str) -> Path:
+    """Where `s5vh train --force` keeps the model it replaced: beside it, named by the old file's sha256, so
+    that an index built with the old model still finds it (the index records the model's sha256)."""
+    p = Path(path)
+    return p.with_name(f"{p.name}.{sha256[:12]}.kept")
+
+
+@contextlib.contextmanager
+def keep_replaced_model(path: str | os.PathLike) -> Iterator[Path | None]:
+    """Around the write that replaces a model file: hard-link (else copy) the old file to ``kept_model_path``
+    first, and take that copy away again if the write fails. Yields the kept path (None when there was no
+    model to replace)."""
+    p = Path(path)
+    if not p.is_file():
+        yield None
+        return
+    kept = kept_model_path(p, artifacts.sha256_file(p))
+    made = False
+    if not kept.exists():
+        try:
+            os.link(p, kept)
+        except OSError:
+            try:
+                shutil.copy2(p, kept)
+            except OSError as e:
+                raise InputError(f"{kept}: cannot keep the model being replaced ({e.strerror or e}); nothing was "
+                                 "replaced") from None
+        made = True
+    try:
+        yield kept
+    except BaseException:
+        if made:
+            kept.unlink(missing_ok=True)
+        raise

@@ -19,6 +19,7 @@ except ImportError:  # pragma: no cover - older typer depends on click
 
 from . import __version__
 from .commands import centers as _centers
+from .commands import dedup as _dedup
 from .commands import demo as _demo
 from .commands import encode as _encode
 from .commands import evaluate as _evaluate
@@ -26,6 +27,7 @@ from .commands import extract as _extract
 from .commands import index as _index
 from .commands import info as _info
 from .commands import query as _query
+from .commands import sync as _sync
 from .commands import train as _train
 from .commands._common import err_console
 from .errors import S5VHError
@@ -57,7 +59,7 @@ def _root(
     """s5vh: self-supervised video hashing and near-duplicate video search."""
 
 
-for _mod in (_extract, _centers, _train, _encode, _index, _query, _evaluate, _info, _demo):
+for _mod in (_extract, _centers, _train, _encode, _index, _query, _sync, _dedup, _evaluate, _info, _demo):
     _mod.register(app)
 
 

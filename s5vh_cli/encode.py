@@ -45,6 +45,11 @@ def encode_array(model: torch.nn.Module, feats: np.ndarray, batch_size: int = 25
     return out
 
 
+def _records(features: artifacts.Features) -> dict[str, np.ndarray]:
+    """The per-video file records of the features (older files have none: they stay unknown)."""
+    return {k: v for k, v in features.meta.items() if k in artifacts.RECORD_FIELDS and v.shape == (features.n,)}
+
+
 def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike, out_path: str | os.PathLike,
                 batch_size: int = 256, device: str = "auto", ssm_backend: str = "auto",
                 progress: Progress | None = None) -> Codes:
@@ -72,7 +77,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     codes = encode_array(model, features.feats, batch_size=batch_size, device=dev, progress=progress)
     model_sha = artifacts.sha256_file(model_path)
     result = Codes(path=Path(out_path), codes=codes, ids=features.ids, paths=features.paths, bits=cfg.bits,
-                   model_sha256=model_sha)
+                   model_sha256=model_sha, meta=_records(features))
     prov = artifacts.provenance("encode", config=meta.get("model_config"),
                                 inputs={"model": model_sha, "features": features.sha256})
     extra = {"model_path": str(Path(model_path).resolve()), "features_sha256": features.sha256,

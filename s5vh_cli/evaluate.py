@@ -192,7 +192,7 @@ class CodeSet:
 
 
 def _kind(path: str) -> str:
-    from .query import _h5_kind
+    from .search.query import _h5_kind
 
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")

@@ -106,7 +106,10 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
             raise InputError(f"{display_path(path)} and {display_path(by_id[vid])} would share the id {vid!r}; "
                              "extract them in separate runs or from one common parent folder")
         by_id[vid] = path
-        result.append((vid, path))
+        # stored absolute, with its folder resolved, so that results, --exclude-self and sync work from any
+        # folder; a symbolic link to a file keeps its own name
+        result.append((vid, os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                                         os.path.basename(path))))
     return result, ignored
 
 
@@ -164,9 +167,21 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
-def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int) -> tuple[str, Any]:
+def file_records(path: str) -> dict[str, Any]:
+    """Size, modification time and content sha256 of a file: what `sync` compares and `add` dedupes by."""
+    from .artifacts import sha256_file
+
+    st = os.stat(path)
+    return {"file_size": int(st.st_size), "file_mtime_ns": int(st.st_mtime_ns), "file_sha256": sha256_file(path)}
+
+
+def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int,
+                records: bool = True) -> tuple[str, Any]:
     try:
-        return "ok", _video.read_frames(path, frames, sampling, size=size, resize=resize)
+        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize)
+        if records:
+            clip.file = file_records(path)
+        return "ok", clip
     except S5VHError as e:
         return "err", _reason(str(e), path)
     except MemoryError:
@@ -337,7 +352,8 @@ def _open_journal(out: Path, settings: dict[str, Any], progress: Progress) -> _J
             for i in range(len(ids)):  # row by row: the output may be larger than memory
                 head: dict[str, Any] = {"id": ids[i], "path": bytes(paths[i]).hex()}
                 for k, v in meta.items():
-                    head[k] = v[i].tolist()
+                    x = v[i].tolist()
+                    head[k] = x.decode() if isinstance(x, bytes) else x
                 j.add_video(head, h5["feats"][i].astype(dtype))
         j.from_finished = True
         progress.log(f"{out}: {len(ids)} video(s) already extracted; new ones will be appended")
@@ -355,7 +371,18 @@ def _finished_ids(out: Path, settings: dict[str, Any]) -> set[str]:
 
 
 _SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess")
-_META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices")
+_META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices", "width", "height",
+              "file_size", "file_mtime_ns", "file_sha256")
+
+
+def _meta_column(k: str, n: int, t: int) -> np.ndarray:
+    if k == "file_sha256":
+        return np.zeros(n, "S64")
+    if k in ("file_size", "file_mtime_ns"):
+        return np.full(n, -1, np.int64)
+    shape = (n, t) if k in ("frame_times", "frame_indices") else (n,)
+    return np.zeros(shape, np.int64 if k in ("frame_count", "valid_frames", "frame_indices", "width", "height")
+                    else np.float64)
 
 
 def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -388,9 +415,7 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
             feats = h5.create_dataset("feats", shape=(n, t, d), dtype=dtype, chunks=(1, t, d))
             ids = h5.create_dataset("ids", shape=(n,), dtype=STR)
             paths = h5.create_dataset("paths", shape=(n,), dtype=BYTES)
-            meta = {k: np.zeros((n, t) if k in ("frame_times", "frame_indices") else (n,),
-                                np.int64 if k in ("frame_count", "valid_frames", "frame_indices") else np.float64)
-                    for k in _META_KEYS}
+            meta = {k: _meta_column(k, n, t) for k in _META_KEYS}
             j.f.flush()
             for i, (head, at) in enumerate(j.rows):
                 feats[i] = np.frombuffer(j.payload(at), dtype=dtype).reshape(t, d)
@@ -450,16 +475,20 @@ def _embed(model, clips: list[Any], device) -> np.ndarray:
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
     return {"id": vid, "path": os.fsencode(clip.path).hex(), "duration": float(clip.duration),
             "fps": float(clip.fps), "frame_count": int(clip.frame_count), "valid_frames": int(clip.valid),
-            "frame_times": [float(x) for x in clip.times], "frame_indices": [int(x) for x in clip.indices]}
+            "frame_times": [float(x) for x in clip.times], "frame_indices": [int(x) for x in clip.indices],
+            "width": int(clip.width), "height": int(clip.height), **clip.file}
 
 
 def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig | None = None,
             weights: str | None = None, device: str = "auto", workers: int | None = None,
             threads: int | None = None, stdin: Iterable[str] | None = None,
-            progress: Progress = NULL) -> ExtractResult:
+            progress: Progress = NULL, items: list[tuple[str, str]] | None = None,
+            allow_empty: bool = False) -> ExtractResult:
     """Extract features of every video in ``inputs`` into ``out`` (resuming a partial or finished output).
 
-    Raises VideoError when no video at all could be extracted; individual failures are recorded, not raised.
+    ``items`` ((id, absolute path) pairs, as ``collect_inputs`` makes them) replaces ``inputs`` when given.
+    Raises VideoError when no video at all could be extracted (with ``allow_empty``, returns a result with no
+    videos and the failures, writing nothing); individual failures are recorded, not raised.
     """
     import torch
 
@@ -478,7 +507,9 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         raise InputError(f"{out}: is a folder, expected an output file name such as feats.h5")
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise InputError(f"{out.parent}: output folder does not exist")
-    items, ignored = collect_inputs(inputs, stdin)
+    ignored = 0
+    if items is None:
+        items, ignored = collect_inputs(inputs, stdin)
     if ignored:
         progress.log(f"skipped {ignored} file(s) without a video extension in the input folder(s)")
     if not items:
@@ -515,6 +546,10 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             if not j.rows:
                 j.f.close()
                 j.path.unlink(missing_ok=True)
+                if allow_empty:
+                    return ExtractResult(out=str(out), videos=0, extracted=0, skipped=skipped,
+                                         failed=list(j.failures), seconds=elapsed, device=describe_device(dev),
+                                         weights=model.weights_path)
                 first = j.failures[0] if j.failures else ("", "no input")
                 raise VideoError(f"no video could be extracted: {len(j.failures)} failed "
                                  f"(first: {display_path(first[0])}: {first[1]})")

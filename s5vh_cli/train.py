@@ -22,7 +22,7 @@ import torch
 
 from . import artifacts
 from .artifacts import Centers, Features
-from .checkpoint import features_summary, safe_torch_load, save_model, torch_save
+from .checkpoint import features_summary, keep_replaced_model, safe_torch_load, save_model, torch_save
 from .config import CentersConfig, ModelConfig, TrainConfig, to_dict
 from .device import describe_device, resolve_device
 from .errors import InputError, MismatchError
@@ -198,7 +198,8 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
           out_path: str | os.PathLike, *, resume: bool = False, device: str | torch.device = "auto",
           ssm_backend: str = "auto", progress: Progress | None = None,
           centers_cfg: CentersConfig | None = None,
-          on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None,
+          force: bool = False) -> dict[str, Any]:
     """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict.
 
     ``on_epoch(epoch, model, row)``, if given, is called after each epoch's checkpoint is written (epoch
@@ -216,6 +217,10 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
         raise InputError(f"{out_path}: is a folder, expected a model file name")
     artifacts.check_not_input(out_path, {"features": features.path,
                                          "centers": centers.path if centers is not None else None})
+    if out_path.is_file() and not resume and not force:
+        # an index records this model's sha256 and clip queries need it byte for byte
+        raise InputError(f"{out_path}: a model is there already (indexes built with it need it to query clips); "
+                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
@@ -357,7 +362,10 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
         extra = {"epochs": train_cfg.epochs, "selected_epoch": selected, "ssm_backend": backend,
                  "device": str(dev), "n_train": n_train, "n_val": len(val_idx), "centers_sha256": centers.sha256,
                  "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))}}
-        save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+        with keep_replaced_model(out_path) as kept:
+            save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+        if kept:
+            progress.log(f"the model it replaced is kept as {kept}")
         progress.log(f"model written to {out_path}")
         return {"model": str(out_path), "run_dir": str(rdir), "metrics": str(metrics_path), "epochs": train_cfg.epochs,
                 "epochs_run": train_cfg.epochs - start_epoch, "selected_epoch": selected, "seconds": round(elapsed, 2),

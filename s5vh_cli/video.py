@@ -19,6 +19,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -84,6 +85,9 @@ class Clip:
     duration: float
     valid: int  # how many of the T frames are distinct samples (the rest repeat for padding)
     notes: list[str] = field(default_factory=list)
+    width: int = 0  # of the decoded stream, as the container states it
+    height: int = 0
+    file: dict[str, Any] = field(default_factory=dict)  # file records (size, mtime, sha256) when asked for
 
 
 def _capture(cv2, path: str):
@@ -225,7 +229,8 @@ def read_frames(path: str, frames: int, sampling: Sampling | str = "uniform", *,
         images, times = got
         fps = info.fps
         return Clip(path=path, frames=images, indices=idx, times=times, frame_count=n, fps=fps,
-                    duration=n / fps if fps > 0 else 0.0, valid=valid, notes=notes)
+                    duration=n / fps if fps > 0 else 0.0, valid=valid, notes=notes, width=info.width,
+                    height=info.height)
     except cv2.error as e:
         raise VideoError(f"{path}: OpenCV failed to decode ({str(e).strip().splitlines()[-1][:120]})") from None
     finally:
@@ -294,3 +299,31 @@ def _seek(cap, target: int) -> bool:
     if not cap.set(cv2.CAP_PROP_POS_FRAMES, target):
         return False
     return int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) == target
+
+
+def thumbnails(path: str, count: int = 4, width: int = 160, quality: int = 70) -> list[bytes]:
+    """JPEG keyframes spread over a video (at 10%...90% of its length), ``width`` pixels wide. Frames that fail
+    to decode are left out; raises VideoError when the file cannot be opened at all."""
+    import cv2
+
+    cap = _open(path)
+    try:
+        n = _info(cap, path).frame_count
+        out = []
+        positions = [int(n * (0.1 + 0.8 * i / max(1, count - 1))) for i in range(count)] if n > 0 else [0]
+        for pos in positions:
+            if n > 0:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                continue
+            h, w = frame.shape[:2]
+            small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                out.append(buf.tobytes())
+        return out
+    except cv2.error:
+        return []
+    finally:
+        cap.release()

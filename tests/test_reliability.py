@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from library import cli
 
 from s5vh_cli import artifacts
 from s5vh_cli.cli import main
@@ -34,18 +35,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def assert_one_line_error(rc: int, err: str, *names: str) -> str:
     """Exit 2, no traceback, exactly one 'error:' line, naming each of ``names``."""
     assert "Traceback" not in err, err
@@ -317,7 +306,7 @@ def test_damaged_index(pipe, work, capsys, stage, fault):
     args = {
         "query": ["query", idx, work / "codes16.h5", "--json"],
         "info": ["index", "info", idx, "--json"],
-        "add": ["index", "add", idx, work / "codes16.h5", "--allow-duplicates"],
+        "add": ["index", "add", idx, work / "codes16.h5", "--on-existing", "replace"],
         "remove": ["index", "remove", idx, "--key", 0],
     }[stage]
     rc, _, err = cli(capsys, *args)
@@ -528,7 +517,7 @@ def test_read_only_output_folder(pipe, work, tmp_path_factory, capsys, stage):
                   "--bits", 16, "--epochs", 1, "--threads", 1],
         "encode": ["encode", work / "model16.pt", work / "feats.h5", "-o", ro / "c.h5"],
         "index": ["index", work / "codes16.h5", "-o", ro / "i.bin"],
-        "add": ["index", "add", ro / "index.bin", work / "codes16.h5", "--allow-duplicates"],
+        "add": ["index", "add", ro / "index.bin", work / "codes16.h5", "--on-existing", "replace"],
         "remove": ["index", "remove", ro / "index.bin", "--key", 3],
     }[stage]
     with read_only_folder(ro):
@@ -594,7 +583,7 @@ def test_disk_full_in_process(pipe, work, monkeypatch, capsys, stage):
         "centers": (["centers", work / "feats.h5", "-o", work / "centers.h5", "--clusters", 3, "--pca-dim", 8,
                      "--bits", 16], "centers.h5"),
         "train": (["train", work / "feats.h5", "--centers", work / "centers.h5", "-o", work / "model16.pt",
-                   "--preset", "demo", "--bits", 16, "--epochs", 1, "--threads", 1], "model16.pt"),
+                   "--preset", "demo", "--bits", 16, "--epochs", 1, "--threads", 1, "--force"], "model16.pt"),
         "encode": (["encode", work / "model16.pt", work / "feats.h5", "-o", work / "codes16.h5"], "codes16.h5"),
         "index": (["index", work / "prev_codes.h5", "-o", work / "index.bin"], "index.bin"),
         "add": (["index", "add", work / "index.bin", work / "codes8.h5"], "index.bin"),
@@ -607,7 +596,7 @@ def test_disk_full_in_process(pipe, work, monkeypatch, capsys, stage):
         victim = "keep.h5"
     if stage == "add":  # codes that may be added (same model), so that the write is reached
         args[3] = work / "prev_codes.h5"
-        args.append("--allow-duplicates")
+        args += ["--on-existing", "replace"]
     before = snapshot(work)
     _enospc_after(monkeypatch, "fsync")
     rc, _, err = cli(capsys, *args) if stage in ("index", "add", "remove") else cli(capsys, *args, "-q")
@@ -779,31 +768,32 @@ def test_locked_output_fails_clearly_or_waits(work, capsys):
 
 
 def test_two_processes_writing_one_index_serialise(work):
-    """Two `s5vh index add` at once on one index: both additions land (the lock serialises them) and the
-    index/metadata pair stays consistent."""
-    shutil.copy(work / "codes16.h5", work / "more.h5")
-    with h5py.File(work / "more.h5", "r+") as f:  # different bytes, so it is not refused as a duplicate
-        f.attrs["note"] = "second copy"
+    """Two `s5vh index add` at once on one index, each adding other videos: both additions land (the lock
+    serialises them) and the index/metadata pair stays consistent."""
+    base = artifacts.read_codes(work / "codes16.h5")
+    for name in ("more_a.h5", "more_b.h5"):
+        c = artifacts.read_codes(work / "codes16.h5")
+        c.paths = [p.replace("/videos/", f"/videos_{name[5]}/") for p in base.paths]
+        artifacts.write_codes(work / name, c, artifacts.provenance("encode"),
+                              extra_attrs={k: v for k, v in base.attrs.items() if k in ("backbone", "sampling", "frames")})
     procs = [subprocess.Popen([*S5VH, "index", "add", str(work / "index.bin"), str(work / c), "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-             for c in ("codes16.h5", "more.h5")]
-    # the first is a duplicate of what the index was built from: allowed only with --allow-duplicates
+             for c in ("more_a.h5", "more_b.h5")]
     outs = [p.communicate(timeout=300) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 2], outs
+    assert [p.returncode for p in procs] == [0, 0], outs
     assert all(b"Traceback" not in e for _, e in outs)
-    from s5vh_cli.index import open_index
+    from s5vh_cli.search.index import open_index
 
     h = open_index(work / "index.bin")
-    assert h.n == 24 and h.index.ntotal == 24
+    assert h.n == 36 and h.backend.ntotal == 36 and len(set(h.keys.tolist())) == 36
 
 
 def test_every_writer_is_atomic_and_locked():
     """Static check: each core module that writes an artifact goes through atomic_output (and output_lock)."""
     root = Path(artifacts.__file__).parent
     writers = {"artifacts.py": ("write_features", "write_centers", "write_codes"), "checkpoint.py": ("save_model",),
-               "index.py": ("_write",), "extract.py": ("_finalise",), "train.py": ("_write_metrics",),
-               "plots.py": ("_save",)}
+               "search/index.py": ("write_index",), "extract.py": ("_finalise",), "train.py": ("_write_metrics",),
+               "plots.py": ("_save",), "report.py": ("write_html",)}
     for mod, funcs in writers.items():
         src = (root / mod).read_text()
         for fn in funcs:

@@ -46,7 +46,7 @@ def register(app: typer.Typer) -> None:
             ["extract", str(out / "videos"), "-o", str(out / "feats.h5"), "--frames", str(frames), *th],
             ["centers", str(out / "feats.h5"), "-o", str(out / "centers.h5"), "--preset", "demo", "--bits", str(bits)],
             ["train", str(out / "feats.h5"), "--centers", str(out / "centers.h5"), "-o", str(out / "model.pt"),
-             "--preset", "demo", "--bits", str(bits), "--epochs", str(epochs), *th],
+             "--preset", "demo", "--bits", str(bits), "--epochs", str(epochs), "--force", *th],
             ["encode", str(out / "model.pt"), str(out / "feats.h5"), "-o", str(out / "codes.h5"), *th],
             ["index", str(out / "codes.h5"), "-o", str(out / "index.bin")],
         ]

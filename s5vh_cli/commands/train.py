@@ -49,6 +49,8 @@ def train_command(
     centers_mode: str | None = typer.Option(None, "--centers-mode", help="fixed (+-1 hash centres, frozen) or "
                                             "learned (trainable prototypes)."),
     label_pred: str | None = typer.Option(None, "--label-pred", help="Pseudo-label prediction: paper or released."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT model; the old one is kept "
+                               "beside it as OUTPUT.<sha256 prefix>.kept, so indexes built with it still query."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
@@ -85,7 +87,7 @@ def train_command(
     sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
     sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
     summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev, ssm_backend=ssm_backend,
-                    progress=sink, centers_cfg=centers_cfg)
+                    progress=sink, centers_cfg=centers_cfg, force=force)
     last = summary["last"]
     if not quiet:
         console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
