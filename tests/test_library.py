@@ -302,3 +302,26 @@ def test_dedup_of_a_folder_indexes_it_then_syncs(work, capsys, tmp_path, monkeyp
     (work / "videos" / "twin.mp4").unlink()
     rc, out, err = cli(capsys, "dedup", work / "videos", "--radius", 0, "--json")  # synced: twin is gone
     assert json.loads(out)["videos"] == 12
+
+
+def test_progress_without_a_terminal_is_plain_lines(lib, tmp_path):
+    """stderr to a log file: no bar and no control codes, but a plain progress line every few seconds."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "extract.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "S5VH_PROGRESS_SECONDS": "0"}
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, "-m", "s5vh_cli", "extract", str(lib / "videos"), "-o",
+                            str(tmp_path / "f.h5"), "--frames", "4", "--workers", "0", "--batch-size", "4"],
+                           stdout=subprocess.DEVNULL, stderr=f, env=env, timeout=600)
+    text = log.read_text()
+    assert p.returncode == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("extract: ")]
+    assert len(lines) >= 3 and "/12" in lines[0] and "\x1b" not in text and "\r" not in text
+
+
+def test_other_files_given_as_an_index_say_what_they_are(lib, capsys):
+    for name, kind in (("codes.h5", "codes"), ("feats.h5", "features"), ("model.pt", "model")):
+        rc, _, err = cli(capsys, "query", lib / name, lib / "codes.h5")
+        assert rc == 2 and f"is a {kind}" in err and "not an index" in err, err

@@ -24,7 +24,7 @@ class RichProgressSink(Progress):
     ``PLAIN_EVERY`` seconds and one when the phase ends, so a log shows progress without control codes.
     """
 
-    PLAIN_EVERY = 5.0
+    PLAIN_EVERY = 5.0  # seconds; S5VH_PROGRESS_SECONDS overrides
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
@@ -56,7 +56,7 @@ class RichProgressSink(Progress):
             p["done"] += n
             p["info"] = text or p["info"]
             now = time.perf_counter()
-            if now - p["last"] >= self.PLAIN_EVERY:
+            if now - p["last"] >= _plain_every(self.PLAIN_EVERY):
                 p["last"] = now
                 self._plain_line()
             return
@@ -79,12 +79,21 @@ class RichProgressSink(Progress):
 
     def finish(self) -> None:
         if self._plain is not None:
-            if time.perf_counter() - self._t0 >= 1.0:  # short phases stay silent in logs
+            if time.perf_counter() - self._t0 >= min(1.0, _plain_every(self.PLAIN_EVERY)):  # short phases: silent
                 self._plain_line(final=True)
             self._plain = None
         if self._bar is not None:
             self._bar.stop()
             self._bar = None
+
+
+def _plain_every(default: float) -> float:
+    import os
+
+    try:
+        return max(0.0, float(os.environ.get("S5VH_PROGRESS_SECONDS", default)))
+    except ValueError:
+        return default
 
 
 def _fmt(v: Any) -> str:
