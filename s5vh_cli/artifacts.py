@@ -289,9 +289,12 @@ def _read_strings(h5: h5py.File, key: str, n: int) -> list[str]:
     ds = h5[key]
     if ds.shape != (n,):
         raise ArtifactError(f"{h5.filename}: '{key}' has shape {ds.shape}, expected ({n},)")
-    if key == "paths" and h5py.check_string_dtype(ds.dtype) is not None:
-        return [os.fsdecode(b) for b in ds[()]]  # raw bytes in a vlen byte string
-    if ds.dtype == BYTES or ds.dtype.kind == "O" and key == "paths":
+    # (h5py's string and vlen dtypes compare equal as numpy dtypes: tell them apart by their metadata)
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        if key == "paths":  # raw bytes of the name in a vlen byte string
+            return [b.decode("utf-8", "surrogateescape") for b in ds[()]]
+        return ds.asstr()[()].tolist()
+    if key == "paths" and h5py.check_vlen_dtype(ds.dtype) is not None:  # files written before 0.2
         return [decode_path(b) for b in ds[()]]
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]]
 

@@ -203,3 +203,66 @@ def test_bad_type_names(name):
 def test_ivf_needs_enough_codes(tmp_path):
     with pytest.raises(InputError, match="nlist"):
         I.build_index(make_codes(tmp_path / "a.h5", 10), tmp_path / "i.bin", "BIVF64")
+
+
+@pytest.mark.parametrize("edit", ["rolled_keys", "swapped_codes", "next_key_low", "params_text", "params_list",
+                                  "nflip_huge", "type_other", "sources_object", "bits_text", "keys_float"])
+def test_ill_typed_or_inconsistent_metadata_is_refused(tmp_path, edit):
+    """Metadata that still names the right index file (its sha256 is intact) but lies about it."""
+    import h5py
+
+    c = make_codes(tmp_path / "a.h5", 40, bits=32)
+    kind = "BHash2x16" if edit == "nflip_huge" else "BFlat"
+    I.build_index(c, tmp_path / "i.bin", kind)
+    meta = tmp_path / "i.bin.meta.h5"
+    with h5py.File(meta, "r+") as f:
+        def put(key, data):
+            del f[key]
+            f[key] = data
+        if edit == "rolled_keys":
+            put("keys", np.roll(f["keys"][()], 1))
+        elif edit == "swapped_codes":
+            put("codes", f["codes"][()][::-1])
+        elif edit == "next_key_low":
+            f.attrs["next_key"] = 5
+        elif edit == "params_text":
+            f.attrs["params"] = json.dumps({"nprobe": "8"})
+        elif edit == "params_list":
+            f.attrs["params"] = json.dumps([1, 2])
+        elif edit == "nflip_huge":
+            f.attrs["params"] = json.dumps({"nflip": 17})
+        elif edit == "type_other":
+            f.attrs["index_type"] = "BHNSW32"
+        elif edit == "sources_object":
+            f.attrs["sources"] = json.dumps({"a": 1})
+        elif edit == "bits_text":
+            f.attrs["bits"] = "32"
+        elif edit == "keys_float":
+            put("keys", f["keys"][()].astype(np.float64))
+    with pytest.raises(ArtifactError):
+        I.open_index(tmp_path / "i.bin")
+
+
+@pytest.mark.parametrize("opt,value,kind", [("nprobe", 0, "BIVF4"), ("nprobe", -1, "BIVF4"), ("nprobe", 5, "BIVF4"),
+                                            ("nflip", -1, "BHash2x16"), ("nflip", 17, "BHash2x16"),
+                                            ("ef_search", 2_000_000_000, "BHNSW16"), ("ef_search", 0, "BHNSW16")])
+def test_search_options_out_of_range_are_one_line_errors(tmp_path, capsys, opt, value, kind):
+    c = make_codes(tmp_path / "a.h5", 300, bits=32)
+    I.build_index(c, tmp_path / "i.bin", kind)
+    flag = "--" + opt.replace("_", "-")
+    for args in (["query", tmp_path / "i.bin", tmp_path / "a.h5", flag, value],
+                 ["index", tmp_path / "a.h5", "-o", tmp_path / "j.bin", "--type", kind, flag, value]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and flag in err and "internal error" not in err, err
+    assert not (tmp_path / "j.bin").exists()
+
+
+def test_radius_and_check_queries_out_of_range(tmp_path, capsys):
+    c = make_codes(tmp_path / "a.h5", 30, bits=32)
+    I.build_index(c, tmp_path / "i.bin")
+    for args in (["query", tmp_path / "i.bin", tmp_path / "a.h5", "--radius", "10000000000"],
+                 ["query", tmp_path / "i.bin", tmp_path / "a.h5", "--radius", "33"],
+                 ["index", "info", tmp_path / "i.bin", "--check", "--queries", "-1"],
+                 ["index", "info", tmp_path / "i.bin", "--check", "-k", "0"]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and "internal error" not in err and err.count("\n") == 1, err

@@ -331,9 +331,10 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
         cls.check_type(index_type, bits)
     except InputError:
         raise ArtifactError(f"{mpath}: damaged index metadata (index type {index_type!r})") from None
-    if n and (np.unique(keys).size != n or keys.min() < 0 or next_key <= int(keys.max())):
-        raise ArtifactError(f"{mpath}: damaged index metadata (keys repeat, are negative, or next_key "
-                            f"{next_key} is not above the largest key)")
+    # keys are handed out in increasing order and kept in that order, so they must rise strictly
+    if n and (keys[0] < 0 or (n > 1 and not bool(np.all(keys[1:] > keys[:-1]))) or next_key <= int(keys[-1])):
+        raise ArtifactError(f"{mpath}: damaged index metadata (keys not strictly increasing from 0 or more, or "
+                            f"next_key {next_key} is not above the largest key)")
     backend = cls.from_bytes(raw, index_type, bits, IndexParams(), options, str(path))
     try:
         backend.check_params(stored)
@@ -342,8 +343,10 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
     backend.apply_params(stored)
     if backend.ntotal != n:
         raise ArtifactError(f"{path}: index holds {backend.ntotal} codes but its metadata lists {n}")
-    if hasattr(backend, "keys") and n and not np.array_equal(np.sort(backend.keys()), np.sort(keys)):
-        raise ArtifactError(f"{path}: the keys in the index file are not those its metadata lists")
+    problem = backend.check_entries(keys, codes)
+    if problem:
+        raise ArtifactError(f"{path}: the index file and its metadata disagree ({problem}); rebuild with "
+                            "`s5vh index`")
     if params is not None:
         p = backend.params.merged(params)
         backend.check_params(p)

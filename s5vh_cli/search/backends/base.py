@@ -98,6 +98,11 @@ class IndexBackend(ABC):
     def remove(self, keys: np.ndarray, kept_codes: np.ndarray, kept_keys: np.ndarray, progress: Progress) -> None:
         """Delete ``keys``. ``kept_*`` are the codes and keys that remain, for types that must be rebuilt."""
 
+    def check_entries(self, keys: np.ndarray, codes: np.ndarray) -> str | None:
+        """Why the stored codes are not ``codes`` under ``keys`` (the metadata's table, in key order), or None.
+        Cheap checks only: this runs on every open."""
+        return None if self.ntotal == keys.shape[0] else f"{self.ntotal} codes stored, {keys.shape[0]} listed"
+
     # ---- search -----------------------------------------------------------------------------------------
     @abstractmethod
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:

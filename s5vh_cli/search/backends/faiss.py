@@ -166,6 +166,17 @@ class FaissBackend(IndexBackend):
     def keys(self) -> np.ndarray:
         return _faiss().vector_to_array(self.idmap.id_map).astype(np.int64)
 
+    def check_entries(self, keys: np.ndarray, codes: np.ndarray) -> str | None:
+        if self.ntotal != keys.shape[0]:
+            return f"{self.ntotal} codes stored, {keys.shape[0]} listed"
+        # IDMap2 keeps ids in insertion order, as the metadata keeps its rows: rolled or swapped keys show here
+        if not np.array_equal(self.keys(), keys):
+            return "the keys differ or are in another order"
+        if self.family == "flat" and not np.array_equal(
+                _faiss().vector_to_array(self._inner.xb).reshape(-1, self.bits // 8), codes):
+            return "the stored codes differ"
+        return None
+
     def add(self, codes: np.ndarray, keys: np.ndarray, progress: Progress) -> None:
         n = codes.shape[0]
         progress.start("index add", total=n)
