@@ -86,14 +86,30 @@ def set_provenance(h5: h5py.File, kind: str, prov: dict[str, Any]) -> None:
         h5.attrs[k] = v
 
 
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of an output: ``.NAME.lock`` beside it (hidden, like the temporaries; never removed)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
-    """Exclusive advisory lock on ``<path>.lock`` so two processes writing one output serialise."""
+    """Exclusive advisory lock (flock) on the output's lock file, so processes writing one output take turns.
+
+    The lock file is created once and never removed: removing it on release would let a process still waiting
+    on the old file and a newcomer that creates a new one both hold "the" lock at once. It is an empty file;
+    the lock itself lives in the kernel and dies with its process, so a killed writer never blocks the next.
+    """
     path = Path(path)
-    lock_path = path.with_name(path.name + ".lock")
+    if not path.name or path.name in (".", ".."):
+        raise InputError(f"{path}: not a file name")
+    lp = lock_path(path)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # read-only is enough for flock and works on a lock file another user created; no symlink is followed
+        fd = os.open(lp, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{lp}: the lock file is a symbolic link; remove it") from None
         raise InputError(f"{path.parent}: cannot write here ({e.strerror})") from None
     try:
         try:
@@ -102,9 +118,7 @@ def output_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
             raise InputError(f"{path}: another s5vh process is writing this file") from None
         yield
     finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
+        os.close(fd)  # releases the lock; the file stays (see above)
 
 
 @contextlib.contextmanager
@@ -188,6 +202,80 @@ def reading(path: str | os.PathLike, kind: str) -> Iterator[None]:
         raise ArtifactError(f"{path}: damaged or malformed {kind} file ({_short(e)})") from None
 
 
+# Declared (uncompressed) bytes a dataset may hold per byte it stores. Deflate, the strongest filter h5py reads
+# without plugins, tops out near 1030:1 on all-zero chunks; s5vh's own datasets are stored uncompressed.
+MAX_EXPANSION = 1100
+
+
+def check_stored_here(h5: h5py.File, path: str | os.PathLike | None = None) -> None:
+    """Refuse an HDF5 file with data that does not live in the file itself, or that it does not hold.
+
+    Checked before anything is read: external links, soft links (s5vh never writes either), datasets with
+    external raw storage or virtual layout (their bytes come from other files, a FIFO, a device...), and datasets
+    whose declared size the file does not back: unallocated storage (reads would return a fill value of any size),
+    missing chunks, stored sizes beyond the end of the file, or more than ``MAX_EXPANSION`` declared bytes per
+    stored byte. Attributes live in the object headers and need no check.
+    """
+    name_of = path if path is not None else h5.filename
+    try:
+        file_size = os.path.getsize(h5.filename)
+    except OSError:
+        file_size = 0
+    problem: list[str] = []
+
+    def visit(name: str, link: Any) -> bool | None:
+        if isinstance(link, h5py.ExternalLink):
+            problem.append(f"'{name}' is an external link to {_clip(link.filename)}:{_clip(link.path)}")
+        elif isinstance(link, h5py.SoftLink):
+            problem.append(f"'{name}' is a soft link (to {_clip(link.path)})")
+        elif not isinstance(link, h5py.HardLink):
+            problem.append(f"'{name}' is a link of an unknown kind")
+        else:
+            obj = h5.get(name)
+            if isinstance(obj, h5py.Dataset):
+                why = _dataset_storage_problem(obj, file_size)
+                if why:
+                    problem.append(f"'{name}' {why}")
+        return True if problem else None
+
+    h5.visititems_links(visit)
+    if problem:
+        raise ArtifactError(f"{name_of}: {problem[0]}; s5vh reads only data stored in the file itself, refused")
+
+
+def _clip(text: Any, n: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _dataset_storage_problem(ds: h5py.Dataset, file_size: int) -> str | None:
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        return "is a virtual dataset (its data lives in other files)"
+    if dcpl.get_external_count():
+        return f"keeps its data in an external file ({_clip(os.fsdecode(dcpl.get_external(0)[0]))})"
+    shape = ds.shape or ()
+    declared = int(np.prod([int(s) for s in shape], dtype=object)) * int(ds.dtype.itemsize)
+    if declared == 0:
+        return None
+    what = f"declares {'x'.join(str(s) for s in shape) or 'a scalar'} {ds.dtype} ({declared:,} bytes)"
+    if layout == h5py.h5d.CHUNKED:
+        chunks = ds.chunks or shape
+        expected = int(np.prod([-(-int(s) // int(c)) for s, c in zip(shape, chunks, strict=True)], dtype=object))
+        stored_chunks = ds.id.get_num_chunks()
+        if stored_chunks < expected:
+            return f"{what} but stores only {stored_chunks:,} of its {expected:,} chunks"
+    stored = int(ds.id.get_storage_size())
+    if stored == 0:
+        return f"{what} but stores none of them"
+    if stored > file_size:
+        return f"{what} and claims {stored:,} stored bytes, more than the {file_size:,}-byte file holds"
+    if declared > MAX_EXPANSION * stored:
+        return f"{what} from only {stored:,} stored bytes (more than {MAX_EXPANSION}:1)"
+    return None
+
+
 def check_not_input(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
     """Refuse an output path that names one of the inputs (writing it would destroy the input)."""
     try:
@@ -223,6 +311,8 @@ def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] 
     except Exception as e:  # h5py raises OSError for truncated / damaged files
         raise ArtifactError(f"{path}: damaged or truncated HDF5 file ({_short(e)})") from None
     try:
+        with reading(path, kind):
+            check_stored_here(h5, path)  # before anything else is read: bytes elsewhere, sizes not held
         actual = h5.attrs.get("s5vh_artifact")
         if isinstance(actual, bytes):
             actual = actual.decode(errors="replace")
