@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json
 
 _STAT_COLUMNS = (
     ("bits", "bits"), ("d_max", "need d"), ("min_hamming", "min d"), ("mean_hamming", "mean d"),
@@ -75,11 +75,10 @@ def register(app: typer.Typer) -> None:
             print_json({"out": str(out), "videos": int(result.pseudo_labels.shape[0]),
                         "clusters": result.n_clusters, "config": to_dict(cfg), "stats": rows})
             return
-        from rich.markup import escape
         from rich.table import Table
 
         first = rows[0]
-        t = Table(title=escape(f"{out}: {result.n_clusters} clusters over {first['videos']} videos "
+        t = Table(title=markup_safe(f"{out}: {result.n_clusters} clusters over {first['videos']} videos "
                         f"(PCA {first['pca_dim']} dims, {first['empty_clusters']} empty clusters)"))
         for _, head in _STAT_COLUMNS:
             t.add_column(head, justify="right")

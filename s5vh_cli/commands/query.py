@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +57,7 @@ def register(app: typer.Typer) -> None:
             print_json(out.to_json())
         elif as_jsonl:
             for rec in out.to_records():
-                sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+                print_json(rec)
         else:
             _table(out)
         if out.found == 0:
@@ -69,19 +66,18 @@ def register(app: typer.Typer) -> None:
 
 def _table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
     """One table per query (rank, Hamming distance, id, path); keys are in the JSON output."""
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
     what = f"within distance {out.radius}" if out.radius is not None else f"top {out.topk}"
     exact = "exact" if out.index.exact else f"approximate ({out.index.index_type})"
-    console.print(f"{out.index.path}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}", highlight=False, markup=False)
+    console.print(printable(f"{out.index.path}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}"), highlight=False, markup=False)
     for rec in out.to_records():
-        t = Table(title=f"query: {escape(rec['query'])}", title_justify="left")
+        t = Table(title=f"query: {markup_safe(rec['query'])}", title_justify="left")
         for col, just in (("rank", "right"), ("distance", "right"), ("id", "left"), ("path", "left")):
             t.add_column(col, justify=just, overflow="fold")
         if not rec["results"]:
             t.add_row("-", "-", "(no results)", "")
         for r in rec["results"]:
-            t.add_row(str(r["rank"]), str(r["distance"]), Text(r["id"]), Text(r["path"]))
+            t.add_row(str(r["rank"]), str(r["distance"]), Text(printable(r["id"])), Text(printable(r["path"])))
         console.print(t)
