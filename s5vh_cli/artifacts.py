@@ -240,7 +240,9 @@ def check_stored_here(h5: h5py.File, path: str | os.PathLike | None = None) -> N
 
     h5.visititems_links(visit)
     if problem:
-        raise ArtifactError(f"{name_of}: {problem[0]}; s5vh reads only data stored in the file itself, refused")
+        why = ("a file that does not hold what it declares is damaged or crafted" if " declares " in problem[0]
+               else "s5vh reads only data stored in the file itself")
+        raise ArtifactError(f"{name_of}: {problem[0]}; {why}, refused")
 
 
 def _clip(text: Any, n: int = 80) -> str:
@@ -285,6 +287,29 @@ def check_not_input(out: str | os.PathLike, inputs: dict[str, str | os.PathLike 
     for what, p in inputs.items():
         if p is not None and os.path.realpath(p) == out_real:
             raise InputError(f"{out}: the output would overwrite the input {what} file; choose another output")
+
+
+def h5_kind(path: str | os.PathLike) -> str | None:
+    """What an input file is, from its attributes alone (no data read): an s5vh kind (``features``, ``centers``,
+    ``codes``, ``index``), ``features`` for a public file with a ``feats`` array, ``""`` for any other HDF5 file
+    (including an ``s5vh_artifact`` attribute that is not a kind name), None for a file that is not HDF5."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        if not h5py.is_hdf5(p):
+            return None
+        with h5py.File(p, "r") as f:
+            kind = f.attrs.get("s5vh_artifact")
+            if isinstance(kind, bytes):
+                kind = kind.decode(errors="replace")
+            if isinstance(kind, str) and kind in KINDS:
+                return kind
+            if kind is None and "feats" in f:  # a link lookup only: nothing is opened or read
+                return "features"
+            return ""
+    except (OSError, ValueError, TypeError):
+        return ""  # HDF5 magic, but damaged: the reader names the problem
 
 
 def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:
@@ -380,6 +405,26 @@ def _write_ids_paths(h5: h5py.File, ids: list[str], paths: list[str]) -> None:
 # ----------------------------------------------------------------------------------------------------------
 # features
 # ----------------------------------------------------------------------------------------------------------
+# Largest feature magnitude accepted. CNN features are O(1)-O(100); values beyond this are damage, and their
+# squares (PCA, layer norms, losses) overflow float32.
+MAX_FEATURE_ABS = 1e6
+
+
+def check_feature_values(block: np.ndarray, name: str, where: str = "") -> None:
+    """Refuse NaN, infinite or absurdly large feature values (one line naming the file and the videos)."""
+    flat = block.reshape(block.shape[0], -1)
+    with np.errstate(invalid="ignore"):
+        hi, lo = flat.max(axis=1), flat.min(axis=1)  # per video, without a full-size temporary; NaN propagates
+    bad = ~(np.isfinite(hi) & np.isfinite(lo))
+    if bad.any():
+        raise ArtifactError(f"{name}: 'feats' holds NaN or infinite values in {int(bad.sum())} video(s){where}")
+    big = (hi > MAX_FEATURE_ABS) | (lo < -MAX_FEATURE_ABS)
+    if big.any():
+        peak = float(max(hi.max(), -lo.min()))
+        raise ArtifactError(f"{name}: 'feats' holds values as large as {peak:.3g} in {int(big.sum())} video(s)"
+                            f"{where}; features beyond {MAX_FEATURE_ABS:g} are damage")
+
+
 @dataclass
 class Features:
     path: Path
@@ -417,15 +462,17 @@ def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_ha
         n = ds.shape[0]
         if n == 0:
             raise ArtifactError(f"{path}: holds zero videos")
+        if ds.shape[1] == 0 or ds.shape[2] == 0:
+            raise ArtifactError(f"{path}: 'feats' has shape {ds.shape}: zero frames or zero dimensions per video")
         try:
             feats = ds[()]
         except Exception as e:
             raise ArtifactError(f"{path}: cannot read 'feats' ({_short(e)}); the file is damaged") from None
         if feats.dtype == np.float64:
-            feats = feats.astype(np.float32)
-        if check_finite and not np.isfinite(feats).all():
-            bad = int((~np.isfinite(feats)).any(axis=(1, 2)).sum())
-            raise ArtifactError(f"{path}: 'feats' holds NaN or infinite values in {bad} video(s)")
+            with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+                feats = feats.astype(np.float32)
+        if check_finite:
+            check_feature_values(feats, str(path))
         meta = {}
         if "meta" in h5:
             meta = {k: h5["meta"][k][()] for k in h5["meta"]}

@@ -312,13 +312,16 @@ class CodeSet:
 
 
 def _kind(path: str) -> str:
-    from .query import _h5_kind
-
     if not Path(path).is_file():
         raise InputError(f"{path}: no such file")
-    kind = _h5_kind(path)
+    kind = artifacts.h5_kind(path)
     if kind is None:
         raise InputError(f"{path}: not an HDF5 codes or features file")
+    if kind == "":  # damaged, or not an s5vh artifact: the codes reader says which, in one line
+        artifacts.open_artifact(path, "codes").close()
+    if kind not in ("codes", "features"):
+        what = f"a {kind} file" if kind else "an HDF5 file that is not an s5vh artifact"
+        raise InputError(f"{path}: {what}; eval takes a codes file, or a features file with --model")
     return kind
 
 
