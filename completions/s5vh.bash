@@ -12,7 +12,7 @@ _s5vh() {
     done
     path="${path# }"
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--version -h --help centers demo encode eval extract index info query train" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--version --debug -h --help centers demo encode eval extract index info query train" -- "$cur")) ;;
         "centers") COMPREPLY=($(compgen -W "-o --out --clusters -k --bits --pca-dim --seed --preset --json --quiet -q -h --help" -- "$cur")) ;;
         "demo") COMPREPLY=($(compgen -W "--out -o --per-class --frames --bits --epochs --topk --threads -h --help" -- "$cur")) ;;
         "encode") COMPREPLY=($(compgen -W "-o --output --batch-size --device --ssm-backend --threads --quiet -q -h --help" -- "$cur")) ;;

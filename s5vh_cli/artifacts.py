@@ -275,6 +275,37 @@ def _dataset_storage_problem(ds: h5py.Dataset, file_size: int) -> str | None:
         return f"{what} and claims {stored:,} stored bytes, more than the {file_size:,}-byte file holds"
     if declared > MAX_EXPANSION * stored:
         return f"{what} from only {stored:,} stored bytes (more than {MAX_EXPANSION}:1)"
+    if ds.dtype.kind == "O":
+        return _vlen_problem(ds, dcpl, layout, file_size)
+    return None
+
+
+def _vlen_problem(ds: h5py.Dataset, dcpl: Any, layout: int, file_size: int) -> str | None:
+    """Variable-length elements (ids, paths) say their own length, and HDF5 allocates what they say before it
+    reads the heap: their lengths must add up to no more than the file holds. The on-disk descriptors (a 4-byte
+    length, a heap address, a 4-byte index) are read raw; a layout where they cannot be reached raw is refused."""
+    n = int(np.prod(ds.shape or (), dtype=object))
+    if n == 0:
+        return None
+    step = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # 4-byte length + heap address + 4-byte index
+    if layout == h5py.h5d.CONTIGUOUS and ds.id.get_offset() is not None:
+        with open(ds.file.filename, "rb") as f:
+            f.seek(ds.id.get_offset())
+            raw = f.read(n * step)
+    elif layout == h5py.h5d.CHUNKED and dcpl.get_nfilters() == 0:
+        raw = b"".join(ds.id.read_direct_chunk(ds.id.get_chunk_info(i).chunk_offset)[1]
+                       for i in range(ds.id.get_num_chunks()))
+    else:
+        return "declares variable-length data in a layout whose sizes cannot be checked before reading"
+    if len(raw) < n * step:
+        return f"declares {n} variable-length elements but stores fewer descriptors"
+    lengths = np.frombuffer(raw[: len(raw) // step * step], dtype=np.uint8).reshape(-1, step)[:, :4]
+    total = int(lengths.copy().view("<u4").astype(np.int64).sum())
+    base = (ds.dtype.metadata or {}).get("vlen", np.uint8)
+    total *= 1 if base in (str, bytes) else np.dtype(base).itemsize
+    if total > file_size:
+        return (f"declares variable-length elements of {total:,} bytes in all, more than the {file_size:,}-byte "
+                "file holds")
     return None
 
 
@@ -410,18 +441,19 @@ def _write_ids_paths(h5: h5py.File, ids: list[str], paths: list[str]) -> None:
 MAX_FEATURE_ABS = 1e6
 
 
-def check_feature_values(block: np.ndarray, name: str, where: str = "") -> None:
+def check_feature_values(block: np.ndarray, name: str, where: str = "",
+                         error: type[S5VHError] = ArtifactError) -> None:
     """Refuse NaN, infinite or absurdly large feature values (one line naming the file and the videos)."""
     flat = block.reshape(block.shape[0], -1)
     with np.errstate(invalid="ignore"):
         hi, lo = flat.max(axis=1), flat.min(axis=1)  # per video, without a full-size temporary; NaN propagates
     bad = ~(np.isfinite(hi) & np.isfinite(lo))
     if bad.any():
-        raise ArtifactError(f"{name}: 'feats' holds NaN or infinite values in {int(bad.sum())} video(s){where}")
+        raise error(f"{name}: 'feats' holds NaN or infinite values in {int(bad.sum())} video(s){where}")
     big = (hi > MAX_FEATURE_ABS) | (lo < -MAX_FEATURE_ABS)
     if big.any():
         peak = float(max(hi.max(), -lo.min()))
-        raise ArtifactError(f"{name}: 'feats' holds values as large as {peak:.3g} in {int(big.sum())} video(s)"
+        raise error(f"{name}: 'feats' holds values as large as {peak:.3g} in {int(big.sum())} video(s)"
                             f"{where}; features beyond {MAX_FEATURE_ABS:g} are damage")
 
 

@@ -58,7 +58,7 @@ def frame_means(feats: Any, progress: Progress | None = None) -> np.ndarray:
         block = np.asarray(feats[s:s + rows])
         if block.dtype.kind != "f":
             raise InputError(f"{name}: features have dtype {block.dtype}, expected floating point")
-        check_feature_values(block, name, f" near row {s}")
+        check_feature_values(block, name, f" near row {s}", error=InputError)
         out[s:s + block.shape[0]] = block.mean(axis=1, dtype=np.float64) if block.ndim == 3 else block
         progress.advance(block.shape[0])
     progress.finish()
