@@ -338,6 +338,7 @@ def load_code_set(path: str, model: str | None = None, device: str = "auto", ssm
     from .device import resolve_device
     from .encode import encode_array
 
+    f = artifacts.read_features(path)  # before the model: a bad features file is refused before any model work
     cache = _cache if _cache is not None else {}
     if "model" not in cache:
         dev = resolve_device(device)
@@ -348,7 +349,6 @@ def load_code_set(path: str, model: str | None = None, device: str = "auto", ssm
             backend, _why = resolve_backend(ssm_backend, dev)
             m.set_backend(backend)
         cache.update(model=m.to(dev), dev=dev, sha=artifacts.sha256_file(model))
-    f = artifacts.read_features(path)
     codes = encode_array(cache["model"], f.feats, batch_size=batch_size, device=cache["dev"], progress=progress)
     return CodeSet(path=path, codes=codes, bits=cache["model"].cfg.bits, model_sha256=cache["sha"], ids=f.ids)
 
