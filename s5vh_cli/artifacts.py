@@ -257,7 +257,9 @@ def _dataset_storage_problem(ds: h5py.Dataset, file_size: int) -> str | None:
         return "is a virtual dataset (its data lives in other files)"
     if dcpl.get_external_count():
         return f"keeps its data in an external file ({_clip(os.fsdecode(dcpl.get_external(0)[0]))})"
-    shape = ds.shape or ()
+    if ds.shape is None:  # a null dataspace (h5py.Empty): nothing to read
+        return None
+    shape = ds.shape
     declared = int(np.prod([int(s) for s in shape], dtype=object)) * int(ds.dtype.itemsize)
     if declared == 0:
         return None
