@@ -426,7 +426,7 @@ def _features_like(path: Path, feats) -> Path:
 
     n = feats.shape[0]
     ids = [f"v{i}" for i in range(n)]
-    with artifacts.atomic_output(path) as tmp:  # written raw: write_features would refuse nothing here anyway
+    with artifacts.atomic_output(path) as tmp:  # any shape, values as given
         import h5py
 
         with h5py.File(tmp, "w") as f:
