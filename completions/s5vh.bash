@@ -12,7 +12,7 @@ _s5vh() {
     done
     path="${path# }"
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--version -h --help centers dedup demo encode eval extract index info query sync train" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--version --debug -h --help centers dedup demo encode eval extract index info query sync train" -- "$cur")) ;;
         "centers") COMPREPLY=($(compgen -W "-o --out --clusters -k --bits --pca-dim --seed --preset --json --quiet -q -h --help" -- "$cur")) ;;
         "dedup") COMPREPLY=($(compgen -W "--radius -r --json --jsonl --csv --html --move-to --manifest --undo --model --index --device --workers -h --help" -- "$cur")) ;;
         "demo") COMPREPLY=($(compgen -W "--out -o --per-class --frames --bits --epochs --topk --threads -h --help" -- "$cur")) ;;

@@ -59,13 +59,13 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     progress = progress or NULL
     artifacts.check_not_input(out_path, {"model": model_path, "features": features_path})
     dev = resolve_device(device)
+    features = artifacts.read_features(features_path)  # first: a bad features file is refused before any model work
     model, meta = load_model(model_path, device="cpu")
     cfg = model.cfg
     backend_why = "transformer encoder: no selective scan"
     if cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
         model.set_backend(backend)
-    features = artifacts.read_features(features_path)
     if features.dim != cfg.feature_dim or features.frames != cfg.frames:
         raise MismatchError(f"{features_path}: features are [{features.frames} frames x {features.dim}-d] but "
                             f"{model_path} was trained on [{cfg.frames} frames x {cfg.feature_dim}-d]")

@@ -52,14 +52,18 @@ _MAGIC = b"S5VH-extract-journal 1\n"
 # ----------------------------------------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------------------------------------
-def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> tuple[list[tuple[str, str]], int]:
+def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None,
+                   notes: list[str] | None = None) -> tuple[list[tuple[str, str]], int]:
     """Expand folders (recursively, video extensions only), globs, list files (.txt/.lst/.list, one path a
     line, relative to the list's folder) and ``-`` (paths on stdin, relative to the working folder).
 
     Returns ([(id, path)], number of non-video files skipped in folders). Ids: the path relative to the folder
     given, for files found in a folder; the path as given otherwise. The order is sorted within each input and
-    inputs keep their order; a file reached twice is kept once.
+    inputs keep their order; a file reached twice is kept once. ``notes``, when given, receives a line for
+    each interpretation a user should know about (a list file read as paths, images skipped in a folder). A
+    list file none of whose lines names an existing file is refused: it is probably not a list.
     """
+    notes = notes if notes is not None else []
     out: list[tuple[str, str]] = []
     ignored = 0
     for raw in inputs:
@@ -67,7 +71,7 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
             lines = stdin if stdin is not None else sys.stdin
             out += [(os.path.normpath(p), p) for p in _list_lines(lines)]
         elif os.path.isdir(raw):
-            found, skipped = _scan_folder(raw)
+            found, skipped = _scan_folder(raw, notes)
             out += found
             ignored += skipped
         elif os.path.isfile(raw) and raw.lower().endswith(LIST_SUFFIXES):
@@ -77,14 +81,19 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
                     entries = _list_lines(f)
             except OSError as e:
                 raise InputError(f"{raw}: cannot read the list ({e.strerror})") from None
-            out += [(os.path.normpath(p), os.path.join(base, p)) for p in entries]
+            listed = [(os.path.normpath(p), os.path.join(base, p)) for p in entries]
+            if listed and not any(os.path.lexists(p) for _, p in listed):
+                raise InputError(f"{raw}: read as a list of video paths (every .txt, .lst or .list input is), but "
+                                 f"none of its {len(listed)} line(s) names an existing file (first: {entries[0]!r})")
+            notes.append(f"{raw}: read as a list of {len(listed)} path(s), one a line")
+            out += listed
         elif _glob.has_magic(raw) and not os.path.exists(raw):
             matches = sorted(_glob.glob(raw, recursive=True))
             if not matches:
                 raise InputError(f"{raw}: the pattern matches no file")
             for m in matches:
                 if os.path.isdir(m):
-                    found, skipped = _scan_folder(m)
+                    found, skipped = _scan_folder(m, notes)
                     out += found
                     ignored += skipped
                 else:
@@ -117,18 +126,24 @@ def _list_lines(lines: Iterable[str]) -> list[str]:
     return [ln.rstrip("\r\n") for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _scan_folder(folder: str) -> tuple[list[tuple[str, str]], int]:
-    found, ignored = [], 0
+def _scan_folder(folder: str, notes: list[str] | None = None) -> tuple[list[tuple[str, str]], int]:
+    found, ignored, images = [], 0, []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            if os.path.splitext(name)[1].lower() in _video.VIDEO_EXTENSIONS:
+            ext = os.path.splitext(name)[1].lower()
+            if ext in _video.VIDEO_EXTENSIONS:
                 found.append((os.path.relpath(path, folder), path))
             else:
                 ignored += 1
+                if ext in _video.IMAGE_EXTENSIONS:
+                    images.append(os.path.relpath(path, folder))
+    if images and notes is not None:
+        notes.append(f"{folder}: skipped {len(images)} still image(s) (first: {display_path(images[0])}); images "
+                     "are not videos, and one named directly is refused the same way")
     return sorted(found), ignored
 
 
@@ -508,8 +523,11 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise InputError(f"{out.parent}: output folder does not exist")
     ignored = 0
+    notes: list[str] = []
     if items is None:
-        items, ignored = collect_inputs(inputs, stdin)
+        items, ignored = collect_inputs(inputs, stdin, notes)
+        for note in notes:
+            progress.log(note)
     if ignored:
         progress.log(f"skipped {ignored} file(s) without a video extension in the input folder(s)")
     if not items:
@@ -535,7 +553,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             if all(v in done_ids for v, _ in items):  # nothing new: leave the output as it is
                 progress.log(f"{out}: all {len(items)} video(s) already extracted")
                 return ExtractResult(out=str(out), videos=len(done_ids), extracted=0, skipped=len(items),
-                                     device=describe_device(dev), weights=model.weights_path)
+                                     device=describe_device(dev), weights=model.weights_path, notes=notes)
         j = _open_journal(out, settings, progress)
         try:
             done = {head["id"] for head, _ in j.rows}
@@ -563,7 +581,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     return ExtractResult(out=str(out), videos=len(j.rows), extracted=extracted, skipped=skipped,
                          failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
                          videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
-                         device=describe_device(dev), weights=model.weights_path)
+                         device=describe_device(dev), weights=model.weights_path, notes=notes)
 
 
 @contextlib.contextmanager

@@ -29,6 +29,9 @@ VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
     ".m2ts", ".ogv", ".vob", ".asf", ".divx", ".gif", ".y4m",
 })
+# Still images: FFmpeg opens them as one-frame "videos"; s5vh refuses them by content, and folders skip them.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+                              ".heic", ".heif", ".avif", ".jp2", ".ico", ".exr", ".dpx"})
 # Quiet the decoder's own console messages about broken files: failures are reported once, by us.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -106,6 +109,27 @@ def _capture(cv2, path: str):
         return cv2.VideoCapture(link, cv2.CAP_FFMPEG)  # the file stays open after the link is gone
 
 
+def still_image_kind(path: str) -> str | None:
+    """The image format when the file's first bytes say it is a still image (PNG, JPEG, BMP, WebP, TIFF), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56,
+                                                                                                  64, 108, 124):
+        return "BMP"
+    return None
+
+
 def _open(path: str):
     import cv2
 
@@ -117,6 +141,9 @@ def _open(path: str):
         raise VideoError(f"{path}: permission denied")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
+    image = still_image_kind(path)
+    if image is not None:  # FFmpeg would open it as a one-frame video repeated T times
+        raise VideoError(f"{path}: a still image ({image}), not a video; images are skipped (folders skip them too)")
     cap = _capture(cv2, path)
     if not cap.isOpened():
         cap.release()

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json, printable
 
 SUBCOMMANDS = ("build", "add", "remove", "info")
 
@@ -29,21 +29,18 @@ def _params(nprobe: int | None, ef_search: int | None, nflip: int | None):
 
 
 def _summary(info: dict[str, Any], title: str) -> None:
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    from ..artifacts import display_path
-
-    t = Table(title=escape(title), show_header=False, box=None)
+    t = Table(title=markup_safe(title), show_header=False, box=None)
     for k in ("index", "type", "exact", "bits", "count", "next_key", "model_sha256", "model_path", "backbone",
               "sampling", "frames", "params", "index_bytes"):
         if k in info and info[k] not in (None, ""):
             v = info[k]
-            t.add_row(k, Text(display_path(str(v)) if isinstance(v, str) else str(v)))
+            t.add_row(k, Text(printable(v)))
     for s in info.get("sources", []):
-        t.add_row("source", Text(f"{display_path(s.get('path', ''))} ({s.get('count')} codes, sha256 "
-                                 f"{str(s.get('sha256', ''))[:12]})"))
+        t.add_row("source", Text(printable(f"{s.get('path', '')} ({s.get('count')} codes, sha256 "
+                                           f"{str(s.get('sha256', ''))[:12]})")))
     console.print(t)
 
 

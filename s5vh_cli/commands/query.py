@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json, show_path, video_label
+from ._common import RichProgressSink, console, markup_safe, print_json, show_path, video_label
 
 
 def register(app: typer.Typer) -> None:
@@ -59,8 +57,7 @@ def register(app: typer.Typer) -> None:
             print_json(out.to_json())
         elif as_jsonl:
             for rec in out.to_records():
-                sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+                print_json(rec)
         else:
             _table(out)
         if out.queries_without_results:
@@ -81,7 +78,7 @@ def _table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
     console.print(f"{show_path(str(out.index.path))}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}",
                   highlight=False, markup=False)
     for rec in out.to_records():
-        t = Table(title=f"query: {show_path(rec['query'])}", title_justify="left", box=box.SIMPLE_HEAD,
+        t = Table(title=f"query: {markup_safe(show_path(rec['query']))}", title_justify="left", box=box.SIMPLE_HEAD,
                   width=min(console.width, 80), pad_edge=False)
         t.add_column("rank", justify="right", no_wrap=True)
         t.add_column("dist", justify="right", no_wrap=True)

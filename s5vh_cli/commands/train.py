@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console
+from ._common import RichProgressSink, console, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -90,6 +90,6 @@ def train_command(
                     progress=sink, centers_cfg=centers_cfg, force=force)
     last = summary["last"]
     if not quiet:
-        console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
-                      f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
-                      f"metrics: {summary['metrics']}", highlight=False, markup=False)
+        console.print(printable(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
+                                f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
+                                f"metrics: {summary['metrics']}"), highlight=False, markup=False)

@@ -303,8 +303,6 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
             if kds.ndim != 1 or kds.dtype.kind not in "iu" or cds.dtype != np.uint8 or cds.shape != (kds.shape[0], bits // 8):
                 raise ArtifactError(f"{mpath}: damaged index metadata (keys {kds.dtype} {kds.shape}, codes "
                                     f"{cds.dtype} {cds.shape}, {bits} bits)")
-            artifacts.check_backed(kds, mpath)
-            artifacts.check_backed(cds, mpath)
             keys = kds[()].astype(np.int64)
             codes = cds[()]
             n = keys.shape[0]

@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from .. import artifacts
@@ -74,23 +73,11 @@ class QueryOutcome:
 
 def _h5_kind(path: str) -> str | None:
     """'codes' or 'features' for an HDF5 input, None for anything else (treated as a video)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    try:
-        if not h5py.is_hdf5(p):
-            return None
-        with h5py.File(p, "r") as f:
-            kind = f.attrs.get("s5vh_artifact")
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            if kind is None and "feats" in f:
-                return "features"
-    except OSError:
-        return None
-    if kind in ("codes", "features"):
+    kind = artifacts.h5_kind(path)
+    if kind is None or kind in ("codes", "features"):
         return kind
-    raise InputError(f"{path}: a {kind or 'non-s5vh HDF5'} file; query takes videos, a folder, a features file "
-                     "or a codes file")
+    raise InputError(f"{path}: a {kind or 'non-s5vh or damaged HDF5'} file; query takes videos, a folder, a features "
+                     "file or a codes file")
 
 
 class _ModelCache:
