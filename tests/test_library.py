@@ -325,3 +325,16 @@ def test_other_files_given_as_an_index_say_what_they_are(lib, capsys):
     for name, kind in (("codes.h5", "codes"), ("feats.h5", "features"), ("model.pt", "model")):
         rc, _, err = cli(capsys, "query", lib / name, lib / "codes.h5")
         assert rc == 2 and f"is a {kind}" in err and "not an index" in err, err
+
+
+def test_auto_radius_finds_nothing_in_a_library_without_copies(tmp_path):
+    """Unrelated codes have one mode of nearest-neighbour distances, which Otsu's split alone would cut in
+    two; the shuffled-bits bound keeps the automatic radius below where unrelated videos meet."""
+    r = np.random.default_rng(5)
+    n = 3000
+    c = artifacts.Codes(path=None, codes=r.integers(0, 256, size=(n, 8), dtype=np.uint8),
+                        ids=[f"v{i}" for i in range(n)], paths=[f"/v{i}" for i in range(n)], bits=64,
+                        model_sha256="m" * 64)
+    artifacts.write_codes(tmp_path / "c.h5", c, artifacts.provenance("encode"))
+    res = api.dedup(api.build(tmp_path / "c.h5", tmp_path / "i.bin"))
+    assert res.radius_rule["otsu_split"] > res.radius and res.groups == []
