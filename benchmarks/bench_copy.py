@@ -178,7 +178,8 @@ class Bench:
         path = self.out / "models" / f"{method}{bits}.pt"
         path.parent.mkdir(exist_ok=True)
         t0 = time.perf_counter()
-        train(feats, None, mcfg, tcfg, path, device="cpu", centers_cfg=dataclasses.replace(ccfg, seed=self.a.seed))
+        train(feats, None, mcfg, tcfg, path, device="cpu", centers_cfg=dataclasses.replace(ccfg, seed=self.a.seed),
+              force=True)
         seconds = time.perf_counter() - t0
         model, _ = load_model(path)
         return model, seconds

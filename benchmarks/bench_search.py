@@ -31,7 +31,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as s5vh_cli.index does; s
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s5vh_cli import codes as C  # noqa: E402
-from s5vh_cli.index import HammingIndex, IndexParams, _apply_params, parse_type, search  # noqa: E402
+from s5vh_cli.progress import NULL  # noqa: E402
+from s5vh_cli.search.backends.faiss import FaissBackend  # noqa: E402
+from s5vh_cli.search.index import HammingIndex, IndexParams, search  # noqa: E402
 
 
 def best_of(fn, repeat: int) -> float:
@@ -69,9 +71,9 @@ def recall(results: list[tuple[np.ndarray, np.ndarray]], ex_d: np.ndarray, ex_i:
     return hits / n, ids / n
 
 
-def wrap(idmap, inner, name: str, bits: int, n: int) -> HammingIndex:
-    return HammingIndex(path=None, index=idmap, index_type=name, bits=bits, keys=np.arange(n, dtype=np.int64),
-                        ids=[], paths=[], codes=np.empty((0, bits // 8), np.uint8), _inner=inner)
+def wrap(backend: FaissBackend, bits: int, n: int) -> HammingIndex:
+    return HammingIndex(path=None, backend=backend, bits=bits, keys=np.arange(n, dtype=np.int64),
+                        ids=[], paths=[], codes=np.empty((0, bits // 8), np.uint8))
 
 
 def _flat(faiss, db: np.ndarray):
@@ -164,17 +166,14 @@ def main() -> None:
           f"(reference over all queries took {t_np_all:.1f} s)", flush=True)
 
     def bench(name: str, params_list: list[IndexParams]) -> None:
-        family, _ = parse_type(name, args.bits, n=args.n)
         t0 = time.perf_counter()
-        inner = faiss.index_binary_factory(args.bits, name)
-        if not inner.is_trained:
-            inner.train(db)
-        idmap = faiss.IndexBinaryIDMap2(inner)
-        idmap.add_with_ids(db, np.arange(args.n, dtype=np.int64))
+        be = FaissBackend.build(name, args.bits, db, np.arange(args.n, dtype=np.int64), IndexParams(), {}, NULL)
+        idmap = be.idmap
         build = time.perf_counter() - t0
-        h = wrap(idmap, inner, name, args.bits, args.n)
+        h = wrap(be, args.bits, args.n)
         for p in params_list:
-            _apply_params(inner, family, p)
+            be.check_params(p)
+            be.apply_params(p)
             label = name + "".join(f" {k2}={v}" for k2, v in vars(p).items() if v is not None)
             t_raw = best_of(lambda: idmap.search(q, k), 2)
             res = search(h, q, k)

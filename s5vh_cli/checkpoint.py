@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +74,10 @@ def safe_torch_load(path: str | os.PathLike, what: str = "model") -> Any:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
     if head == _HDF5_MAGIC:
         raise ArtifactError(f"{path}: an HDF5 file, expected a {what} file from `s5vh train` (a .pt file)")
+    if not head.startswith(b"PK\x03\x04"):
+        raise ArtifactError(f"{path}: refused: not a torch zip archive (older pickle formats can run code and "
+                            f"declare sizes they do not hold); not a {what} file from `s5vh train`")
+    _check_zip_records(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for objects outside the allow-list, RuntimeError for damaged zips
@@ -83,10 +89,31 @@ def safe_torch_load(path: str | os.PathLike, what: str = "model") -> Any:
         raise ArtifactError(f"{path}: damaged or truncated {what} file ({first})") from None
 
 
+def _check_zip_records(path: Path, what: str) -> None:
+    """Every record of the archive must be stored, not compressed (torch.save never compresses), so that each
+    tensor's bytes are in the file: a deflated record could expand a few kilobytes into gigabytes."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: damaged or truncated {what} file ({str(e)[:120]})") from None
+    size = path.stat().st_size
+    total = sum(info.file_size for info in infos)
+    packed = [info.filename for info in infos if info.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise ArtifactError(f"{path}: refused: {len(packed)} record(s) are compressed ({total:,} bytes declared in "
+                            f"a {size:,}-byte file); torch.save writes uncompressed records only")
+    if total > size:
+        raise ArtifactError(f"{path}: damaged {what} file: its records claim {total:,} bytes, more than the "
+                            f"{size:,}-byte file holds")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                ssm_backend: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model saved by ``save_model``; returns (model in eval mode, the payload without weights)."""
-    from .model import S5VH
+    from .model import S5VH, check_weights_fit
 
     data = safe_torch_load(path)
     if not isinstance(data, dict) or data.get("s5vh_artifact") != "model":
@@ -105,6 +132,15 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         raise ArtifactError(f"{path}: bad model_config ({e})") from None
     try:
         if cfg.method == "s5vh":
+            check_weights_fit(cfg, data["state_dict"])  # before anything is built from the config
+        else:
+            from .linear import check_linear_weights_fit
+
+            check_linear_weights_fit(cfg, data["state_dict"])
+    except S5VHError as e:
+        raise ArtifactError(f"{path}: weights do not fit the stored model_config ({e})") from None
+    try:
+        if cfg.method == "s5vh":
             model = S5VH(cfg, ssm_backend=ssm_backend)
         else:
             from .linear import LinearHash
@@ -117,3 +153,39 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     model.to(device).eval()
     meta = {k: v for k, v in data.items() if k != "state_dict"}
     return model, meta
+
+
+def kept_model_path(path: str | os.PathLike, sha256: str) -> Path:
+    """Where `s5vh train --force` keeps the model it replaced: beside it, named by the old file's sha256, so
+    that an index built with the old model still finds it (the index records the model's sha256)."""
+    p = Path(path)
+    return p.with_name(f"{p.name}.{sha256[:12]}.kept")
+
+
+@contextlib.contextmanager
+def keep_replaced_model(path: str | os.PathLike) -> Iterator[Path | None]:
+    """Around the write that replaces a model file: hard-link (else copy) the old file to ``kept_model_path``
+    first, and take that copy away again if the write fails. Yields the kept path (None when there was no
+    model to replace)."""
+    p = Path(path)
+    if not p.is_file():
+        yield None
+        return
+    kept = kept_model_path(p, artifacts.sha256_file(p))
+    made = False
+    if not kept.exists():
+        try:
+            os.link(p, kept)
+        except OSError:
+            try:
+                shutil.copy2(p, kept)
+            except OSError as e:
+                raise InputError(f"{kept}: cannot keep the model being replaced ({e.strerror or e}); nothing was "
+                                 "replaced") from None
+        made = True
+    try:
+        yield kept
+    except BaseException:
+        if made:
+            kept.unlink(missing_ok=True)
+        raise

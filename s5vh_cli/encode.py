@@ -146,6 +146,11 @@ def encode_segments(model: torch.nn.Module, feats: np.ndarray, frame_times: np.n
             "start": np.asarray(starts, np.float64), "end": np.asarray(ends, np.float64)}
 
 
+def _records(features: artifacts.Features) -> dict[str, np.ndarray]:
+    """The per-video file records of the features (older files have none: they stay unknown)."""
+    return {k: v for k, v in features.meta.items() if k in artifacts.RECORD_FIELDS and v.shape == (features.n,)}
+
+
 def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike, out_path: str | os.PathLike,
                 batch_size: int = 256, device: str = "auto", ssm_backend: str = "auto",
                 progress: Progress | None = None, descriptor: str = "none", descriptor_frames: int = 8,
@@ -161,6 +166,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     progress = progress or NULL
     artifacts.check_not_input(out_path, {"model": model_path, "features": features_path})
     dev = resolve_device(device)
+    features = artifacts.read_features(features_path)  # first: a bad features file is refused before any model work
     model, meta = load_model(model_path, device="cpu")
     cfg = model.cfg
     backend_why = "transformer encoder: no selective scan" if cfg.method == "s5vh" else \
@@ -168,7 +174,6 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     if cfg.method == "s5vh" and cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
         model.set_backend(backend)
-    features = artifacts.read_features(features_path)
     if segment is not None:
         return _encode_segments_file(model, meta, cfg, model_path, features, features_path, out_path, segment,
                                      hop, batch_size, dev, backend_why, progress, descriptor, descriptor_frames)
@@ -184,7 +189,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
                                           batch_size=batch_size, device=dev, progress=progress)
     model_sha = artifacts.sha256_file(model_path)
     result = Codes(path=Path(out_path), codes=codes, ids=features.ids, paths=features.paths, bits=cfg.bits,
-                   model_sha256=model_sha, descriptors=desc)
+                   model_sha256=model_sha, descriptors=desc, meta=_records(features))
     prov = artifacts.provenance("encode", config=meta.get("model_config"),
                                 inputs={"model": model_sha, "features": features.sha256})
     extra = {"model_path": str(Path(model_path).resolve()), "features_sha256": features.sha256,
@@ -224,7 +229,8 @@ def _encode_segments_file(model, meta, cfg, model_path, features, features_path,
     model_sha = artifacts.sha256_file(model_path)
     result = Codes(path=Path(out_path), codes=seg["codes"], ids=ids, paths=paths, bits=cfg.bits,
                    model_sha256=model_sha, descriptors=seg["descriptors"],
-                   segments={"video_id": [features.ids[v] for v in rows], "start": seg["start"], "end": seg["end"]})
+                   segments={"video_id": [features.ids[v] for v in rows], "start": seg["start"], "end": seg["end"]},
+                   meta={k: v[rows] for k, v in _records(features).items()})
     prov = artifacts.provenance("encode", config=meta.get("model_config"),
                                 inputs={"model": model_sha, "features": features.sha256})
     extra = {"model_path": str(Path(model_path).resolve()), "features_sha256": features.sha256,

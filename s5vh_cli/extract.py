@@ -52,14 +52,18 @@ _MAGIC = b"S5VH-extract-journal 1\n"
 # ----------------------------------------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------------------------------------
-def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> tuple[list[tuple[str, str]], int]:
+def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None,
+                   notes: list[str] | None = None) -> tuple[list[tuple[str, str]], int]:
     """Expand folders (recursively, video extensions only), globs, list files (.txt/.lst/.list, one path a
     line, relative to the list's folder) and ``-`` (paths on stdin, relative to the working folder).
 
     Returns ([(id, path)], number of non-video files skipped in folders). Ids: the path relative to the folder
     given, for files found in a folder; the path as given otherwise. The order is sorted within each input and
-    inputs keep their order; a file reached twice is kept once.
+    inputs keep their order; a file reached twice is kept once. ``notes``, when given, receives a line for
+    each interpretation a user should know about (a list file read as paths, images skipped in a folder). A
+    list file none of whose lines names an existing file is refused: it is probably not a list.
     """
+    notes = notes if notes is not None else []
     out: list[tuple[str, str]] = []
     ignored = 0
     for raw in inputs:
@@ -67,7 +71,7 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
             lines = stdin if stdin is not None else sys.stdin
             out += [(os.path.normpath(p), p) for p in _list_lines(lines)]
         elif os.path.isdir(raw):
-            found, skipped = _scan_folder(raw)
+            found, skipped = _scan_folder(raw, notes)
             out += found
             ignored += skipped
         elif os.path.isfile(raw) and raw.lower().endswith(LIST_SUFFIXES):
@@ -77,14 +81,19 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
                     entries = _list_lines(f)
             except OSError as e:
                 raise InputError(f"{raw}: cannot read the list ({e.strerror})") from None
-            out += [(os.path.normpath(p), os.path.join(base, p)) for p in entries]
+            listed = [(os.path.normpath(p), os.path.join(base, p)) for p in entries]
+            if listed and not any(os.path.lexists(p) for _, p in listed):
+                raise InputError(f"{raw}: read as a list of video paths (every .txt, .lst or .list input is), but "
+                                 f"none of its {len(listed)} line(s) names an existing file (first: {entries[0]!r})")
+            notes.append(f"{raw}: read as a list of {len(listed)} path(s), one a line")
+            out += listed
         elif _glob.has_magic(raw) and not os.path.exists(raw):
             matches = sorted(_glob.glob(raw, recursive=True))
             if not matches:
                 raise InputError(f"{raw}: the pattern matches no file")
             for m in matches:
                 if os.path.isdir(m):
-                    found, skipped = _scan_folder(m)
+                    found, skipped = _scan_folder(m, notes)
                     out += found
                     ignored += skipped
                 else:
@@ -106,7 +115,10 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
             raise InputError(f"{display_path(path)} and {display_path(by_id[vid])} would share the id {vid!r}; "
                              "extract them in separate runs or from one common parent folder")
         by_id[vid] = path
-        result.append((vid, path))
+        # stored absolute, with its folder resolved, so that results, --exclude-self and sync work from any
+        # folder; a symbolic link to a file keeps its own name
+        result.append((vid, os.path.join(os.path.realpath(os.path.dirname(os.path.abspath(path))),
+                                         os.path.basename(path))))
     return result, ignored
 
 
@@ -114,18 +126,24 @@ def _list_lines(lines: Iterable[str]) -> list[str]:
     return [ln.rstrip("\r\n") for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _scan_folder(folder: str) -> tuple[list[tuple[str, str]], int]:
-    found, ignored = [], 0
+def _scan_folder(folder: str, notes: list[str] | None = None) -> tuple[list[tuple[str, str]], int]:
+    found, ignored, images = [], 0, []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            if os.path.splitext(name)[1].lower() in _video.VIDEO_EXTENSIONS:
+            ext = os.path.splitext(name)[1].lower()
+            if ext in _video.VIDEO_EXTENSIONS:
                 found.append((os.path.relpath(path, folder), path))
             else:
                 ignored += 1
+                if ext in _video.IMAGE_EXTENSIONS:
+                    images.append(os.path.relpath(path, folder))
+    if images and notes is not None:
+        notes.append(f"{folder}: skipped {len(images)} still image(s) (first: {display_path(images[0])}); images "
+                     "are not videos, and one named directly is refused the same way")
     return sorted(found), ignored
 
 
@@ -164,11 +182,22 @@ def _die_with_parent() -> None:
     threading.Thread(target=watch, daemon=True).start()
 
 
+def file_records(path: str) -> dict[str, Any]:
+    """Size, modification time and content sha256 of a file: what `sync` compares and `add` dedupes by."""
+    from .artifacts import sha256_file
+
+    st = os.stat(path)
+    return {"file_size": int(st.st_size), "file_mtime_ns": int(st.st_mtime_ns), "file_sha256": sha256_file(path)}
+
+
 def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int, views: int = 0, view_seed: int = 0,
-                view_key: str = "") -> tuple[str, Any]:
+                view_key: str = "", records: bool = True) -> tuple[str, Any]:
     try:
-        return "ok", _video.read_frames(path, frames, sampling, size=size, resize=resize, views=views,
-                                        view_seed=view_seed, view_key=view_key)
+        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize, views=views,
+                                  view_seed=view_seed, view_key=view_key)
+        if records:
+            clip.file = file_records(path)
+        return "ok", clip
     except S5VHError as e:
         return "err", _reason(str(e), path)
     except MemoryError:
@@ -340,7 +369,8 @@ def _open_journal(out: Path, settings: dict[str, Any], progress: Progress) -> _J
             for i in range(len(ids)):  # row by row: the output may be larger than memory
                 head: dict[str, Any] = {"id": ids[i], "path": bytes(paths[i]).hex()}
                 for k, v in meta.items():
-                    head[k] = v[i].tolist()
+                    x = v[i].tolist()
+                    head[k] = x.decode() if isinstance(x, bytes) else x
                 row = h5["feats"][i].astype(dtype)
                 if has_views:
                     row = np.concatenate([row[None], h5["views"][i].astype(dtype)])
@@ -363,7 +393,18 @@ def _finished_ids(out: Path, settings: dict[str, Any]) -> set[str]:
 _SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess", "views",
                  "view_seed")
 _SETTING_DEFAULTS = {"views": 0, "view_seed": 0}  # files made before views existed have neither attribute
-_META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices")
+_META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices", "width", "height",
+              "file_size", "file_mtime_ns", "file_sha256")
+
+
+def _meta_column(k: str, n: int, t: int) -> np.ndarray:
+    if k == "file_sha256":
+        return np.zeros(n, "S64")
+    if k in ("file_size", "file_mtime_ns"):
+        return np.full(n, -1, np.int64)
+    shape = (n, t) if k in ("frame_times", "frame_indices") else (n,)
+    return np.zeros(shape, np.int64 if k in ("frame_count", "valid_frames", "frame_indices", "width", "height")
+                    else np.float64)
 
 
 def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> None:
@@ -402,9 +443,7 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
             views = h5.create_dataset("views", shape=(n, nv, t, d), dtype=dtype, chunks=(1, nv, t, d)) if nv else None
             ids = h5.create_dataset("ids", shape=(n,), dtype=STR)
             paths = h5.create_dataset("paths", shape=(n,), dtype=BYTES)
-            meta = {k: np.zeros((n, t) if k in ("frame_times", "frame_indices") else (n,),
-                                np.int64 if k in ("frame_count", "valid_frames", "frame_indices") else np.float64)
-                    for k in _META_KEYS}
+            meta = {k: _meta_column(k, n, t) for k in _META_KEYS}
             j.f.flush()
             for i, (head, at) in enumerate(j.rows):
                 row = np.frombuffer(j.payload(at), dtype=dtype).reshape(1 + nv, t, d)
@@ -473,16 +512,20 @@ def _embed(model, clips: list[Any], device) -> np.ndarray:
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
     return {"id": vid, "path": os.fsencode(clip.path).hex(), "duration": float(clip.duration),
             "fps": float(clip.fps), "frame_count": int(clip.frame_count), "valid_frames": int(clip.valid),
-            "frame_times": [float(x) for x in clip.times], "frame_indices": [int(x) for x in clip.indices]}
+            "frame_times": [float(x) for x in clip.times], "frame_indices": [int(x) for x in clip.indices],
+            "width": int(clip.width), "height": int(clip.height), **clip.file}
 
 
 def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig | None = None,
             weights: str | None = None, device: str = "auto", workers: int | None = None,
             threads: int | None = None, stdin: Iterable[str] | None = None,
-            progress: Progress = NULL) -> ExtractResult:
+            progress: Progress = NULL, items: list[tuple[str, str]] | None = None,
+            allow_empty: bool = False) -> ExtractResult:
     """Extract features of every video in ``inputs`` into ``out`` (resuming a partial or finished output).
 
-    Raises VideoError when no video at all could be extracted; individual failures are recorded, not raised.
+    ``items`` ((id, absolute path) pairs, as ``collect_inputs`` makes them) replaces ``inputs`` when given.
+    Raises VideoError when no video at all could be extracted (with ``allow_empty``, returns a result with no
+    videos and the failures, writing nothing); individual failures are recorded, not raised.
     """
     import torch
 
@@ -503,7 +546,12 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         raise InputError(f"{out}: is a folder, expected an output file name such as feats.h5")
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise InputError(f"{out.parent}: output folder does not exist")
-    items, ignored = collect_inputs(inputs, stdin)
+    ignored = 0
+    notes: list[str] = []
+    if items is None:
+        items, ignored = collect_inputs(inputs, stdin, notes)
+        for note in notes:
+            progress.log(note)
     if ignored:
         progress.log(f"skipped {ignored} file(s) without a video extension in the input folder(s)")
     if not items:
@@ -529,7 +577,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             if all(v in done_ids for v, _ in items):  # nothing new: leave the output as it is
                 progress.log(f"{out}: all {len(items)} video(s) already extracted")
                 return ExtractResult(out=str(out), videos=len(done_ids), extracted=0, skipped=len(items),
-                                     device=describe_device(dev), weights=model.weights_path)
+                                     device=describe_device(dev), weights=model.weights_path, notes=notes)
         j = _open_journal(out, settings, progress)
         try:
             done = {head["id"] for head, _ in j.rows}
@@ -540,6 +588,10 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             if not j.rows:
                 j.f.close()
                 j.path.unlink(missing_ok=True)
+                if allow_empty:
+                    return ExtractResult(out=str(out), videos=0, extracted=0, skipped=skipped,
+                                         failed=list(j.failures), seconds=elapsed, device=describe_device(dev),
+                                         weights=model.weights_path)
                 first = j.failures[0] if j.failures else ("", "no input")
                 raise VideoError(f"no video could be extracted: {len(j.failures)} failed "
                                  f"(first: {display_path(first[0])}: {first[1]})")
@@ -553,7 +605,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     return ExtractResult(out=str(out), videos=len(j.rows), extracted=extracted, skipped=skipped,
                          failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
                          videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
-                         device=describe_device(dev), weights=model.weights_path)
+                         device=describe_device(dev), weights=model.weights_path, notes=notes)
 
 
 @contextlib.contextmanager

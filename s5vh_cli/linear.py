@@ -64,6 +64,19 @@ def fit_itq(x: np.ndarray, bits: int, n_iter: int = 50, seed: int = 0) -> tuple[
     return mean, pca @ r, history
 
 
+def check_linear_weights_fit(cfg: ModelConfig, state_dict: dict) -> None:
+    """Refuse stored weights that are not exactly ``mean`` [D] and ``projection`` [D, L] of ``cfg`` (checked
+    before anything is allocated from the config)."""
+    want = {"mean": (cfg.feature_dim,), "projection": (cfg.feature_dim, cfg.bits)}
+    if set(state_dict) != set(want):
+        raise MismatchError(f"a {cfg.method} model holds exactly 'mean' and 'projection', not "
+                            f"{', '.join(sorted(map(str, state_dict)))[:120]}")
+    for k, shape in want.items():
+        t = state_dict[k]
+        if not isinstance(t, Tensor) or not t.is_floating_point() or tuple(t.shape) != shape:
+            raise MismatchError(f"weight {k} must be a float tensor of shape {shape}")
+
+
 class LinearHash(nn.Module):
     """codes = sign((mean_t x_t - mean) @ projection), with the interface of ``S5VH`` that encode/query use."""
 

@@ -22,10 +22,10 @@ import torch
 
 from . import artifacts
 from .artifacts import Centers, Features
-from .checkpoint import features_summary, safe_torch_load, save_model, torch_save
+from .checkpoint import features_summary, keep_replaced_model, safe_torch_load, save_model, torch_save
 from .config import CentersConfig, ModelConfig, TrainConfig, to_dict
 from .device import describe_device, resolve_device
-from .errors import InputError, MismatchError
+from .errors import ArtifactError, InputError, MismatchError
 from .losses import center_alignment_loss, dcl_loss, reconstruction_loss
 from .model import S5VH
 from .progress import NULL, Progress
@@ -109,7 +109,7 @@ def _in_process_centers(features: Features, model_cfg: ModelConfig, centers_cfg:
 
     ccfg = centers_cfg or CentersConfig(n_clusters=model_cfg.n_clusters)
     n = features.n
-    k = max(2, min(ccfg.n_clusters, n // 4))
+    k = centers_mod.default_clusters(n, ccfg.n_clusters)
     pca = max(1, min(ccfg.pca_dim, features.dim, n - 1))
     ccfg = dataclasses.replace(ccfg, n_clusters=k, pca_dim=pca, bits=[model_cfg.bits])
     progress.log(f"no centres file given: computing {k} clusters and {model_cfg.bits}-bit hash centres "
@@ -213,21 +213,168 @@ def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
+def _damaged(path: Path, what: str) -> ArtifactError:
+    return ArtifactError(f"{path}: damaged training checkpoint ({what}); run without --resume to start over")
+
+
+def _restore(path: Path, state: Any, fingerprint: dict[str, Any], model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any, gen: torch.Generator, dev: torch.device,
+             n_train: int, k: int, epochs: int) -> tuple[int, float, int, torch.Tensor]:
+    """Check every part of a ``last.pt`` before using it, then load it; returns (epoch, best loss, best epoch,
+    soft labels). A checkpoint of another run is a MismatchError; a damaged one an ArtifactError, both one line."""
+    if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
+        raise InputError(f"{path}: not a training checkpoint")
+    fp = state.get("fingerprint")
+    if not isinstance(fp, dict):
+        raise _damaged(path, "no fingerprint of its run")
+    for key, val in fingerprint.items():
+        if not _same(fp.get(key), val):
+            raise MismatchError(f"{path}: cannot resume: {key.replace('_', ' ')} differs from the "
+                                "checkpointed run (run without --resume to start over)")
+    for key in ("model", "optimizer", "scheduler", "soft_labels", "rng", "epoch", "best_loss", "best_epoch"):
+        if key not in state:
+            raise _damaged(path, f"no '{key}'")
+    epoch, best_loss, best_epoch = state["epoch"], state["best_loss"], state["best_epoch"]
+    if not _is_int(epoch) or not 0 <= epoch <= epochs:
+        raise _damaged(path, f"epoch {str(epoch)[:40]} is not a whole number of epochs between 0 and {epochs}")
+    if not _is_int(best_epoch) or not -1 <= best_epoch <= epoch:
+        raise _damaged(path, f"best_epoch {str(best_epoch)[:40]} is not an epoch up to {epoch}")
+    if isinstance(best_loss, bool) or not isinstance(best_loss, (int, float)) or math.isnan(best_loss):
+        raise _damaged(path, f"best_loss {str(best_loss)[:40]} is not a number")
+    soft = state["soft_labels"]
+    if not isinstance(soft, torch.Tensor) or soft.dtype != torch.float64 or tuple(soft.shape) != (n_train, k):
+        what = f"{soft.dtype} {tuple(soft.shape)}" if isinstance(soft, torch.Tensor) else type(soft).__name__
+        raise _damaged(path, f"soft labels are {what}, expected float64 ({n_train}, {k})")
+    if not torch.isfinite(soft).all() or (soft < 0).any():
+        raise _damaged(path, "soft labels hold negative, NaN or infinite values")
+    rng = state["rng"]
+    want = torch.get_rng_state()
+    if not isinstance(rng, dict) or any(
+            not isinstance(rng.get(key), torch.Tensor) or rng[key].dtype != want.dtype or rng[key].shape != want.shape
+            for key in ("torch", "generator")):
+        raise _damaged(path, "random-number state missing or of the wrong size")
+    _check_scheduler_state(path, state["scheduler"], scheduler.state_dict())
+    try:
+        model.load_state_dict(state["model"])
+    except Exception as e:  # wrong names, shapes, or not a state dict at all
+        raise _damaged(path, f"model weights: {_first_line(e)}") from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:
+        raise _damaged(path, f"optimizer state: {_first_line(e)}") from None
+    _check_optimizer_state(path, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    try:
+        _set_rng_state(rng, gen, dev)
+    except Exception as e:
+        raise _damaged(path, f"random-number state: {_first_line(e)}") from None
+    return epoch, float(best_loss), best_epoch, soft.clone()
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # tensors and other odd objects in a crafted fingerprint
+        return False
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:120] if text else type(e).__name__)
+
+
+def _check_scheduler_state(path: Path, saved: Any, fresh: dict[str, Any]) -> None:
+    """The scheduler's state is a plain dict copied into the scheduler: the same keys, of the same kinds."""
+    if not isinstance(saved, dict) or set(saved) != set(fresh):
+        raise _damaged(path, "scheduler state has other fields")
+    for key, ref in fresh.items():
+        val = saved[key]
+        if isinstance(ref, bool) or ref is None:
+            ok = type(val) is type(ref)
+        elif isinstance(ref, (int, float)):
+            ok = isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val)
+            ok = ok and (not isinstance(ref, int) or isinstance(val, int))
+        elif isinstance(ref, list):
+            ok = isinstance(val, list) and len(val) == len(ref) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in val)
+        else:
+            ok = type(val) is type(ref)
+        if not ok:
+            raise _damaged(path, f"scheduler field {key!r} is {str(val)[:40]}")
+
+
+def _check_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """After loading: hyper-parameters are finite numbers and every moment buffer has its parameter's shape."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "eps", "weight_decay"):
+            v = group.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise _damaged(path, f"optimizer {key} is {str(v)[:40]}")
+        betas = group.get("betas")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+            raise _damaged(path, f"optimizer betas are {str(betas)[:40]}")
+        for key in ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused"):
+            if key in group and group[key] is not None and not isinstance(group[key], bool):
+                raise _damaged(path, f"optimizer {key} is {str(group[key])[:40]}")
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if not isinstance(st, dict):
+                raise _damaged(path, "optimizer state of a parameter is not a mapping")
+            for key, v in st.items():
+                if key == "step":
+                    ok = isinstance(v, torch.Tensor) and v.numel() == 1 and bool(torch.isfinite(v).all()) and v >= 0
+                else:
+                    ok = isinstance(v, torch.Tensor) and v.shape == p.shape and v.is_floating_point()
+                if not ok:
+                    raise _damaged(path, f"optimizer {key!r} does not fit its parameter")
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The metrics rows of the epochs up to ``upto``; a line that is not a JSON object is a damaged run."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: cannot read ({getattr(e, 'strerror', None) or _first_line(e)}); run "
+                            "without --resume to start over") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not _is_int(row.get("epoch")):
+            raise ArtifactError(f"{path}: line {i} is not a metrics record; run without --resume to start over")
+        if row["epoch"] <= upto:
+            rows.append(row)
+    return rows
+
+
 # ----------------------------------------------------------------------------------------------------------
 # training-free methods
 # ----------------------------------------------------------------------------------------------------------
 def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfig, out_path: str | os.PathLike,
-               progress: Progress | None = None) -> dict[str, Any]:
+               progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
     """Fit LSH or ITQ (``model_cfg.method``) on ``features`` and write a model file that encode/index/query take
     like an S5VH model. Seconds, not minutes: no centres, no epochs."""
-    from .checkpoint import save_model
     from .linear import LinearHash, fit_itq, fit_lsh
 
     progress = progress or NULL
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
         raise InputError(f"{out_path.parent}: output folder does not exist")
+    if out_path.is_dir():
+        raise InputError(f"{out_path}: is a folder, expected a model file name")
     artifacts.check_not_input(out_path, {"features": features.path})
+    if out_path.is_file() and not force:
+        raise InputError(f"{out_path}: a model is there already (indexes built with it need it to query clips); "
+                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames).validate()
     t0 = time.perf_counter()
@@ -247,7 +394,10 @@ def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfi
     model = LinearHash(model_cfg).set_fit(mean, proj)
     elapsed = time.perf_counter() - t0
     extra["seconds"] = round(elapsed, 3)
-    save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+    with keep_replaced_model(out_path) as kept:
+        save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+    if kept:
+        progress.log(f"the model it replaced is kept as {kept}")
     progress.log(f"model written to {out_path}")
     return {"model": str(out_path), "method": model_cfg.method, "fit_on": on, "seconds": round(elapsed, 3),
             "n_train": features.n, "epochs": 0, "epochs_run": 0, "last": {}, "metrics": None}
@@ -260,7 +410,8 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
           out_path: str | os.PathLike, *, resume: bool = False, device: str | torch.device = "auto",
           ssm_backend: str = "auto", progress: Progress | None = None,
           centers_cfg: CentersConfig | None = None,
-          on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None) -> dict[str, Any]:
+          on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None,
+          force: bool = False) -> dict[str, Any]:
     """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict.
 
     ``on_epoch(epoch, model, row)``, if given, is called after each epoch's checkpoint is written (epoch
@@ -271,7 +422,7 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     from .ssm import resolve_backend
 
     if model_cfg.method != "s5vh":
-        return fit_linear(features, model_cfg, train_cfg, out_path, progress)
+        return fit_linear(features, model_cfg, train_cfg, out_path, progress, force=force)
     progress = progress or NULL
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
@@ -280,6 +431,10 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
         raise InputError(f"{out_path}: is a folder, expected a model file name")
     artifacts.check_not_input(out_path, {"features": features.path,
                                          "centers": centers.path if centers is not None else None})
+    if out_path.is_file() and not resume and not force:
+        # an index records this model's sha256 and clip queries need it byte for byte
+        raise InputError(f"{out_path}: a model is there already (indexes built with it need it to query clips); "
+                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
@@ -344,21 +499,10 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
             if not last_path.exists():
                 raise InputError(f"{last_path}: nothing to resume (no checkpoint from an earlier run)")
             state = safe_torch_load(last_path, what="training checkpoint")
-            if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
-                raise InputError(f"{last_path}: not a training checkpoint")
-            for key, val in fingerprint.items():
-                if state.get("fingerprint", {}).get(key) != val:
-                    raise MismatchError(f"{last_path}: cannot resume: {key.replace('_', ' ')} differs from the "
-                                        "checkpointed run (run without --resume to start over)")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            soft_labels = state["soft_labels"]
-            _set_rng_state(state["rng"], gen, dev)
-            start_epoch, best_loss, best_epoch = state["epoch"], state["best_loss"], state["best_epoch"]
+            start_epoch, best_loss, best_epoch, soft_labels = _restore(
+                last_path, state, fingerprint, model, optimizer, scheduler, gen, dev, n_train, k, train_cfg.epochs)
             if metrics_path.exists():
-                rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-                rows = [r for r in rows if r.get("epoch", 0) <= start_epoch]
+                rows = _read_metrics(metrics_path, start_epoch)
             progress.log(f"resuming after epoch {start_epoch} of {train_cfg.epochs} from {last_path}")
 
         steps = math.ceil(n_train / train_cfg.batch_size)
@@ -437,7 +581,10 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
         extra = {"epochs": train_cfg.epochs, "selected_epoch": selected, "ssm_backend": backend,
                  "device": str(dev), "n_train": n_train, "n_val": len(val_idx), "centers_sha256": centers.sha256,
                  "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))}}
-        save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+        with keep_replaced_model(out_path) as kept:
+            save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+        if kept:
+            progress.log(f"the model it replaced is kept as {kept}")
         progress.log(f"model written to {out_path}")
         return {"model": str(out_path), "run_dir": str(rdir), "metrics": str(metrics_path), "epochs": train_cfg.epochs,
                 "epochs_run": train_cfg.epochs - start_epoch, "selected_epoch": selected, "seconds": round(elapsed, 2),

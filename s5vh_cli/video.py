@@ -19,6 +19,7 @@ import math
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +29,9 @@ VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
     ".m2ts", ".ogv", ".vob", ".asf", ".divx", ".gif", ".y4m",
 })
+# Still images: FFmpeg opens them as one-frame "videos"; s5vh refuses them by content, and folders skip them.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+                              ".heic", ".heif", ".avif", ".jp2", ".ico", ".exr", ".dpx"})
 # Quiet the decoder's own console messages about broken files: failures are reported once, by us.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
@@ -84,6 +88,9 @@ class Clip:
     duration: float
     valid: int  # how many of the T frames are distinct samples (the rest repeat for padding)
     notes: list[str] = field(default_factory=list)
+    width: int = 0  # of the decoded stream, as the container states it
+    height: int = 0
+    file: dict[str, Any] = field(default_factory=dict)  # file records (size, mtime, sha256) when asked for
     views: np.ndarray | None = None  # [V, T, S, S, 3] transformed renderings (``extract --views``), else None
 
 
@@ -103,6 +110,27 @@ def _capture(cv2, path: str):
         return cv2.VideoCapture(link, cv2.CAP_FFMPEG)  # the file stays open after the link is gone
 
 
+def still_image_kind(path: str) -> str | None:
+    """The image format when the file's first bytes say it is a still image (PNG, JPEG, BMP, WebP, TIFF), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56,
+                                                                                                  64, 108, 124):
+        return "BMP"
+    return None
+
+
 def _open(path: str):
     import cv2
 
@@ -114,6 +142,9 @@ def _open(path: str):
         raise VideoError(f"{path}: permission denied")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
+    image = still_image_kind(path)
+    if image is not None:  # FFmpeg would open it as a one-frame video repeated T times
+        raise VideoError(f"{path}: a still image ({image}), not a video; images are skipped (folders skip them too)")
     cap = _capture(cv2, path)
     if not cap.isOpened():
         cap.release()
@@ -234,7 +265,8 @@ def read_frames(path: str, frames: int, sampling: Sampling | str = "uniform", *,
         images, times = got
         fps = info.fps
         return Clip(path=path, frames=images, indices=idx, times=times, frame_count=n, fps=fps,
-                    duration=n / fps if fps > 0 else 0.0, valid=valid, notes=notes)
+                    duration=n / fps if fps > 0 else 0.0, valid=valid, notes=notes, width=info.width,
+                    height=info.height)
     except cv2.error as e:
         raise VideoError(f"{path}: OpenCV failed to decode ({str(e).strip().splitlines()[-1][:120]})") from None
     finally:
@@ -335,3 +367,31 @@ def _seek(cap, target: int) -> bool:
     if not cap.set(cv2.CAP_PROP_POS_FRAMES, target):
         return False
     return int(round(cap.get(cv2.CAP_PROP_POS_FRAMES))) == target
+
+
+def thumbnails(path: str, count: int = 4, width: int = 160, quality: int = 70) -> list[bytes]:
+    """JPEG keyframes spread over a video (at 10%...90% of its length), ``width`` pixels wide. Frames that fail
+    to decode are left out; raises VideoError when the file cannot be opened at all."""
+    import cv2
+
+    cap = _open(path)
+    try:
+        n = _info(cap, path).frame_count
+        out = []
+        positions = [int(n * (0.1 + 0.8 * i / max(1, count - 1))) for i in range(count)] if n > 0 else [0]
+        for pos in positions:
+            if n > 0:
+                cap.set(cv2.CAP_PROP_POS_FRAMES, pos)
+            ok, frame = cap.read()
+            if not ok or frame is None:
+                continue
+            h, w = frame.shape[:2]
+            small = cv2.resize(frame, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            if ok:
+                out.append(buf.tobytes())
+        return out
+    except cv2.error:
+        return []
+    finally:
+        cap.release()

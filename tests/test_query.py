@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from s5vh_cli import artifacts, checkpoint, extract
-from s5vh_cli import index as I
 from s5vh_cli.artifacts import Codes
 from s5vh_cli.cli import main
 from s5vh_cli.codes import hamming, rank
-from s5vh_cli.query import query
+from s5vh_cli.search import index as I
+from s5vh_cli.search.query import query
 
 BITS, T, F = 16, 4, 6
 
@@ -91,11 +91,13 @@ def test_codes_input_json_schema_and_exactness(corpus, capsys):
     rc, out, err = cli(["query", corpus.index, corpus.dir / "codes.h5", "--topk", "7", "--json"], capsys)
     assert rc == 0, err
     doc = json.loads(out)
-    assert set(doc) == {"index", "type", "exact", "bits", "count", "topk", "radius", "timings", "queries"}
+    assert set(doc) == {"index", "type", "exact", "bits", "count", "topk", "radius", "timings", "queries",
+                        "queries_without_results"}
     assert doc["type"] == "BFlat" and doc["exact"] is True and doc["bits"] == BITS and doc["topk"] == 7
     assert len(doc["queries"]) == 300
     q0 = doc["queries"][0]
-    assert set(q0) == {"query", "query_id", "query_path", "code", "results"}
+    assert set(q0) == {"query", "query_id", "query_path", "code", "status", "results"}
+    assert q0["status"] == "found" and doc["queries_without_results"] == 0
     assert set(q0["results"][0]) == {"rank", "distance", "key", "id", "path"}
     dist, idx = rank(corpus.codes, corpus.codes, 7)
     for i, q in enumerate(doc["queries"]):
@@ -128,7 +130,15 @@ def test_radius_exit_codes(corpus, capsys):
                  model_sha256=artifacts.sha256_file(corpus.model))
     artifacts.write_codes(corpus.dir / "one.h5", lone, artifacts.provenance("encode"))
     rc, out, _ = cli(["query", corpus.index, corpus.dir / "one.h5", "-r", "0", "--jsonl"], capsys)
-    assert rc == 1 and json.loads(out)["results"] == []
+    assert rc == 1 and json.loads(out)["results"] == [] and json.loads(out)["status"] == "none"
+    # one query of two finds nothing: exit 1 all the same, and each query says which it was
+    two = Codes(path=None, codes=np.concatenate([absent[None, :], corpus.codes[:1]]), ids=["q", "r"], paths=["", ""],
+                bits=BITS, model_sha256=artifacts.sha256_file(corpus.model))
+    artifacts.write_codes(corpus.dir / "two.h5", two, artifacts.provenance("encode"))
+    rc, out, _ = cli(["query", corpus.index, corpus.dir / "two.h5", "-r", "0", "--json"], capsys)
+    doc = json.loads(out)
+    assert rc == 1 and [q["status"] for q in doc["queries"]] == ["none", "found"]
+    assert doc["queries_without_results"] == 1
     rc, out, _ = cli(["query", corpus.index, corpus.dir / "one.h5", "-r", "16", "--jsonl"], capsys)
     assert rc == 0 and len(json.loads(out)["results"]) == 300
     rc, _, err = cli(["query", corpus.index, corpus.dir / "missing.h5"], capsys)
@@ -172,6 +182,8 @@ def test_codes_from_another_model_or_bit_length(corpus, capsys):
 
 def test_table_output(corpus, capsys):
     rc, out, _ = cli(["query", corpus.index, corpus.dir / "feats.h5", "-k", "2"], capsys)
-    assert rc == 0 and "distance" in out and "v0" in out
+    flat = "".join(out.split())  # long paths fold onto the next line
+    assert rc == 0 and "dist" in out and "v0.mp4(idv0)" in flat
+    assert max(len(line) for line in out.splitlines()) <= 80  # fits a terminal, or a log, of 80 columns
     rc, out, err = cli(["query", corpus.index, corpus.dir / "feats.h5", "--json", "--jsonl"], capsys)
     assert rc == 2

@@ -21,6 +21,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
+from library import cli
 
 from s5vh_cli import artifacts
 from s5vh_cli.cli import main
@@ -34,18 +35,6 @@ IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-def cli(capsys, *args) -> tuple[int, str, str]:
-    """Run the CLI in-process; returns (exit code, stdout, stderr)."""
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def assert_one_line_error(rc: int, err: str, *names: str) -> str:
     """Exit 2, no traceback, exactly one 'error:' line, naming each of ``names``."""
     assert "Traceback" not in err, err
@@ -58,11 +47,16 @@ def assert_one_line_error(rc: int, err: str, *names: str) -> str:
     return errors[0]
 
 
+def is_lock(p: Path) -> bool:
+    """Writers' lock files (``.NAME.lock``, empty, kept on purpose: see artifacts.output_lock)."""
+    return p.name.startswith(".") and p.name.endswith(".lock") and p.stat().st_size == 0
+
+
 def snapshot(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file under ``folder`` (hidden temporaries included)."""
+    """relative path -> sha256 of every file under ``folder`` (hidden temporaries included, lock files not)."""
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file():
+        if p.is_file() and not is_lock(p):
             out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
@@ -190,7 +184,7 @@ def test_damaged_features_file(pipe, tmp_path, capsys, stage, fault):
     if fault in _IGNORED.get(stage, ()) and rc == 0:
         return
     assert_one_line_error(rc, err, path.name)
-    leftovers = [p for p in out.rglob("*") if p.is_file()]
+    leftovers = [p for p in out.rglob("*") if p.is_file() and not is_lock(p)]
     assert leftovers == [], leftovers
 
 
@@ -317,7 +311,7 @@ def test_damaged_index(pipe, work, capsys, stage, fault):
     args = {
         "query": ["query", idx, work / "codes16.h5", "--json"],
         "info": ["index", "info", idx, "--json"],
-        "add": ["index", "add", idx, work / "codes16.h5", "--allow-duplicates"],
+        "add": ["index", "add", idx, work / "codes16.h5", "--on-existing", "replace"],
         "remove": ["index", "remove", idx, "--key", 0],
     }[stage]
     rc, _, err = cli(capsys, *args)
@@ -420,7 +414,7 @@ def test_extract_only_bad_videos_fails_cleanly(pipe, tmp_path, capsys):
                                                                                        "garbage.avi"}
         return
     assert_one_line_error(rc, err, "no video could be extracted")
-    assert list(out.iterdir()) == []
+    assert [p for p in out.iterdir() if not is_lock(p)] == []
 
 
 def test_extract_mixed_folder_records_failures(pipe, tmp_path, capsys):
@@ -528,7 +522,7 @@ def test_read_only_output_folder(pipe, work, tmp_path_factory, capsys, stage):
                   "--bits", 16, "--epochs", 1, "--threads", 1],
         "encode": ["encode", work / "model16.pt", work / "feats.h5", "-o", ro / "c.h5"],
         "index": ["index", work / "codes16.h5", "-o", ro / "i.bin"],
-        "add": ["index", "add", ro / "index.bin", work / "codes16.h5", "--allow-duplicates"],
+        "add": ["index", "add", ro / "index.bin", work / "codes16.h5", "--on-existing", "replace"],
         "remove": ["index", "remove", ro / "index.bin", "--key", 3],
     }[stage]
     with read_only_folder(ro):
@@ -594,7 +588,7 @@ def test_disk_full_in_process(pipe, work, monkeypatch, capsys, stage):
         "centers": (["centers", work / "feats.h5", "-o", work / "centers.h5", "--clusters", 3, "--pca-dim", 8,
                      "--bits", 16], "centers.h5"),
         "train": (["train", work / "feats.h5", "--centers", work / "centers.h5", "-o", work / "model16.pt",
-                   "--preset", "demo", "--bits", 16, "--epochs", 1, "--threads", 1], "model16.pt"),
+                   "--preset", "demo", "--bits", 16, "--epochs", 1, "--threads", 1, "--force"], "model16.pt"),
         "encode": (["encode", work / "model16.pt", work / "feats.h5", "-o", work / "codes16.h5"], "codes16.h5"),
         "index": (["index", work / "prev_codes.h5", "-o", work / "index.bin"], "index.bin"),
         "add": (["index", "add", work / "index.bin", work / "codes8.h5"], "index.bin"),
@@ -607,7 +601,7 @@ def test_disk_full_in_process(pipe, work, monkeypatch, capsys, stage):
         victim = "keep.h5"
     if stage == "add":  # codes that may be added (same model), so that the write is reached
         args[3] = work / "prev_codes.h5"
-        args.append("--allow-duplicates")
+        args += ["--on-existing", "replace"]
     before = snapshot(work)
     _enospc_after(monkeypatch, "fsync")
     rc, _, err = cli(capsys, *args) if stage in ("index", "add", "remove") else cli(capsys, *args, "-q")
@@ -734,7 +728,7 @@ def test_stored_paths_never_choose_where_outputs_go(pipe, work, capsys, tmp_path
         assert "Traceback" not in err and "internal error" not in err, err
     assert victim.read_text() == "keep me"
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
-    assert {p.name for p in out.iterdir()} <= {"codes.h5", "index.bin", "index.bin.meta.h5"}
+    assert {p.name for p in out.iterdir() if not is_lock(p)} <= {"codes.h5", "index.bin", "index.bin.meta.h5"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -745,7 +739,7 @@ def test_locked_output_fails_clearly_or_waits(work, capsys):
     once with one line (extract, train: long runs)."""
     import fcntl
 
-    lock = work / "busy.h5.lock"
+    lock = artifacts.lock_path(work / "busy.h5")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     released = threading.Event()
@@ -766,7 +760,7 @@ def test_locked_output_fails_clearly_or_waits(work, capsys):
         t.join()
     assert artifacts.read_codes(work / "busy.h5").n == 12
 
-    fd = os.open(work / "f.h5.lock", os.O_RDWR | os.O_CREAT)
+    fd = os.open(artifacts.lock_path(work / "f.h5"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         rc, _, err = cli(capsys, "extract", work / "nothing", "-o", work / "f.h5", "-q")
@@ -779,31 +773,32 @@ def test_locked_output_fails_clearly_or_waits(work, capsys):
 
 
 def test_two_processes_writing_one_index_serialise(work):
-    """Two `s5vh index add` at once on one index: both additions land (the lock serialises them) and the
-    index/metadata pair stays consistent."""
-    shutil.copy(work / "codes16.h5", work / "more.h5")
-    with h5py.File(work / "more.h5", "r+") as f:  # different bytes, so it is not refused as a duplicate
-        f.attrs["note"] = "second copy"
+    """Two `s5vh index add` at once on one index, each adding other videos: both additions land (the lock
+    serialises them) and the index/metadata pair stays consistent."""
+    base = artifacts.read_codes(work / "codes16.h5")
+    for name in ("more_a.h5", "more_b.h5"):
+        c = artifacts.read_codes(work / "codes16.h5")
+        c.paths = [p.replace("/videos/", f"/videos_{name[5]}/") for p in base.paths]
+        artifacts.write_codes(work / name, c, artifacts.provenance("encode"),
+                              extra_attrs={k: v for k, v in base.attrs.items() if k in ("backbone", "sampling", "frames")})
     procs = [subprocess.Popen([*S5VH, "index", "add", str(work / "index.bin"), str(work / c), "--json"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=ENV)
-             for c in ("codes16.h5", "more.h5")]
-    # the first is a duplicate of what the index was built from: allowed only with --allow-duplicates
+             for c in ("more_a.h5", "more_b.h5")]
     outs = [p.communicate(timeout=300) for p in procs]
-    codes = sorted(p.returncode for p in procs)
-    assert codes == [0, 2], outs
+    assert [p.returncode for p in procs] == [0, 0], outs
     assert all(b"Traceback" not in e for _, e in outs)
-    from s5vh_cli.index import open_index
+    from s5vh_cli.search.index import open_index
 
     h = open_index(work / "index.bin")
-    assert h.n == 24 and h.index.ntotal == 24
+    assert h.n == 36 and h.backend.ntotal == 36 and len(set(h.keys.tolist())) == 36
 
 
 def test_every_writer_is_atomic_and_locked():
     """Static check: each core module that writes an artifact goes through atomic_output (and output_lock)."""
     root = Path(artifacts.__file__).parent
     writers = {"artifacts.py": ("write_features", "write_centers", "write_codes"), "checkpoint.py": ("save_model",),
-               "index.py": ("_write",), "extract.py": ("_finalise",), "train.py": ("_write_metrics",),
-               "plots.py": ("_save",)}
+               "search/index.py": ("write_index",), "extract.py": ("_finalise",), "train.py": ("_write_metrics",),
+               "plots.py": ("_save",), "report.py": ("write_html",)}
     for mod, funcs in writers.items():
         src = (root / mod).read_text()
         for fn in funcs:

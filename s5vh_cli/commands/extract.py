@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, print_json, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -72,14 +72,12 @@ def extract_command(
     if as_json:
         print_json(result.as_dict())
     elif not quiet:
-        from ..artifacts import display_path
-
-        console.print(f"{result.out}: {result.videos} video(s) x {frames} frames; {result.extracted} extracted "
+        console.print(printable(f"{result.out}: {result.videos} video(s) x {frames} frames; {result.extracted} extracted "
                       f"now, {result.skipped} already done, {len(result.failed)} failed; "
                       f"{result.frames_per_s:.1f} frames/s, {result.videos_per_s:.2f} videos/s "
-                      f"({result.seconds:.1f} s on {result.device})", highlight=False, markup=False)
+                      f"({result.seconds:.1f} s on {result.device})"), highlight=False, markup=False)
         for p, reason in result.failed:
-            console.print(f"  failed: {display_path(p)}: {reason}", highlight=False, markup=False)
+            console.print(f"  failed: {printable(p)}: {printable(reason)}", highlight=False, markup=False)
     if strict and result.failed:
         raise VideoError(f"{len(result.failed)} video(s) failed (--strict); {result.out} holds the other "
                          f"{result.videos}")

@@ -8,7 +8,7 @@ from typing import Any
 import typer
 from typer.core import TyperGroup
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json, printable
 
 SUBCOMMANDS = ("build", "add", "remove", "info")
 
@@ -23,27 +23,24 @@ class _BuildByDefault(TyperGroup):
 
 
 def _params(nprobe: int | None, ef_search: int | None, nflip: int | None):
-    from ..index import IndexParams
+    from ..api import IndexParams
 
     return IndexParams(nprobe=nprobe, ef_search=ef_search, nflip=nflip)
 
 
 def _summary(info: dict[str, Any], title: str) -> None:
-    from rich.markup import escape
     from rich.table import Table
     from rich.text import Text
 
-    from ..artifacts import display_path
-
-    t = Table(title=escape(title), show_header=False, box=None)
+    t = Table(title=markup_safe(title), show_header=False, box=None)
     for k in ("index", "type", "exact", "bits", "count", "next_key", "model_sha256", "model_path", "backbone",
               "sampling", "frames", "params", "index_bytes"):
         if k in info and info[k] not in (None, ""):
             v = info[k]
-            t.add_row(k, Text(display_path(str(v)) if isinstance(v, str) else str(v)))
+            t.add_row(k, Text(printable(v)))
     for s in info.get("sources", []):
-        t.add_row("source", Text(f"{display_path(s.get('path', ''))} ({s.get('count')} codes, sha256 "
-                                 f"{str(s.get('sha256', ''))[:12]})"))
+        t.add_row("source", Text(printable(f"{s.get('path', '')} ({s.get('count')} codes, sha256 "
+                                           f"{str(s.get('sha256', ''))[:12]})")))
     console.print(t)
 
 
@@ -68,12 +65,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Build an index from codes. Keys (int64 faiss ids) are assigned 0, 1, 2... in file order."""
-        from .. import artifacts
-        from ..index import build_index
+        from ..api import build
 
-        parts = [artifacts.read_codes(c) for c in codes]
-        h = build_index(parts, out, index_type, params=_params(nprobe, ef_search, nflip),
-                        progress=RichProgressSink(quiet=as_json))
+        h = build(codes, out, index_type, params=_params(nprobe, ef_search, nflip),
+                  progress=RichProgressSink(quiet=as_json))
         info = h.info()
         if as_json:
             print_json(info)
@@ -84,21 +79,22 @@ def register(app: typer.Typer) -> None:
     def add(
         index: Path = typer.Argument(..., help="Index file made by `s5vh index`."),
         codes: Path = typer.Argument(..., help="Codes file from the same model and bit length."),
-        allow_duplicates: bool = typer.Option(False, help="Add a codes file even if it was already added."),
+        on_existing: str = typer.Option("skip", "--on-existing",
+                                        help="A video already in the index (same path) with unchanged content: "
+                                        "skip it, replace it (new key), or error. A video whose content changed "
+                                        "replaces its entry unless this is 'error'."),
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
-        """Append codes to an index (new keys continue after the largest ever assigned)."""
-        from .. import artifacts
-        from ..index import add_codes
+        """Add codes to an index, once per video (new keys continue after the largest ever assigned)."""
+        from ..api import add
 
-        c = artifacts.read_codes(codes)
-        h, new = add_codes(index, c, progress=RichProgressSink(quiet=as_json), allow_duplicates=allow_duplicates)
-        info = h.info() | {"added": int(new.size),
-                           "added_keys": [int(new[0]), int(new[-1])] if new.size else []}
+        h, report = add(index, codes, on_existing=on_existing, progress=RichProgressSink(quiet=as_json))
+        info = h.info() | report.as_dict()
         if as_json:
             print_json(info)
         else:
-            _summary(info, f"added {new.size} codes to {index}")
+            r = report.as_dict()
+            _summary(info, f"{index}: added {r['added']}, replaced {r['replaced']}, skipped {r['skipped']} unchanged")
 
     @sub.command("remove")
     def remove(
@@ -110,8 +106,8 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Remove entries by id, key or path. Every name must exist, else nothing is removed."""
+        from ..api import remove as remove_entries
         from ..errors import InputError
-        from ..index import remove as remove_entries
 
         names = list(ids)
         if ids_file is not None:
@@ -139,7 +135,7 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Show what an index holds and where it came from; --check measures its recall."""
-        from ..index import check_recall, open_index
+        from ..api import check_recall, open_index
 
         h = open_index(index, params=_params(nprobe, ef_search, nflip))
         data = h.info()

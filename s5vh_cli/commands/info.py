@@ -53,8 +53,9 @@ def register(app: typer.Typer) -> None:
         if as_json:
             print_json(data)
             return
-        from rich.markup import escape
         from rich.table import Table
+
+        from ._common import markup_safe as escape
 
         t = Table(show_header=False, box=None)
         for k in ("s5vh", "python", "platform", "torch", "torch_cuda", "cuda_available", "device", "threads"):

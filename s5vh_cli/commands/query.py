@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json, show_path, video_label
 
 
 def register(app: typer.Typer) -> None:
@@ -38,11 +36,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Rank indexed videos by Hamming distance to each input (ties broken by key, so output is deterministic).
 
-        Exit code: 0 when at least one result was found, 1 when none (e.g. nothing within --radius), 2 on error.
+        Exit code: 0 when every query found at least one result, 1 when some query found none (e.g. nothing
+        within --radius; its "status" is "none" in JSON), 2 on error.
         """
+        from ..api import IndexParams, query
         from ..errors import InputError
-        from ..index import IndexParams
-        from ..query import query
 
         if as_json and as_jsonl:
             raise InputError("give --json or --jsonl, not both")
@@ -59,29 +57,34 @@ def register(app: typer.Typer) -> None:
             print_json(out.to_json())
         elif as_jsonl:
             for rec in out.to_records():
-                sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+                print_json(rec)
         else:
             _table(out)
-        if out.found == 0:
+        if out.queries_without_results:
+            if not machine:
+                console.print(f"{out.queries_without_results} of {len(out.queries)} queries found nothing",
+                              highlight=False, markup=False)
             raise typer.Exit(1)
 
 
 def _table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
-    """One table per query (rank, Hamming distance, id, path); keys are in the JSON output."""
-    from rich.markup import escape
+    """One table per query (rank, Hamming distance, video), at most 80 columns; keys are in the JSON output."""
+    from rich import box
     from rich.table import Table
     from rich.text import Text
 
     what = f"within distance {out.radius}" if out.radius is not None else f"top {out.topk}"
     exact = "exact" if out.index.exact else f"approximate ({out.index.index_type})"
-    console.print(f"{out.index.path}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}", highlight=False, markup=False)
+    console.print(f"{show_path(str(out.index.path))}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}",
+                  highlight=False, markup=False)
     for rec in out.to_records():
-        t = Table(title=f"query: {escape(rec['query'])}", title_justify="left")
-        for col, just in (("rank", "right"), ("distance", "right"), ("id", "left"), ("path", "left")):
-            t.add_column(col, justify=just, overflow="fold")
+        t = Table(title=f"query: {markup_safe(show_path(rec['query']))}", title_justify="left", box=box.SIMPLE_HEAD,
+                  width=min(console.width, 80), pad_edge=False)
+        t.add_column("rank", justify="right", no_wrap=True)
+        t.add_column("dist", justify="right", no_wrap=True)
+        t.add_column("video", overflow="fold", ratio=1)
         if not rec["results"]:
-            t.add_row("-", "-", "(no results)", "")
+            t.add_row("-", "-", "(no results)")
         for r in rec["results"]:
-            t.add_row(str(r["rank"]), str(r["distance"]), Text(r["id"]), Text(r["path"]))
+            t.add_row(str(r["rank"]), str(r["distance"]), Text(video_label(r["id"], r["path"])))
         console.print(t)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console
+from ._common import RichProgressSink, console, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -62,6 +62,8 @@ def train_command(
                                                   help="Use each video played backwards as an extra negative of "
                                                   "the contrastive loss, so codes depend on frame order. Off in "
                                                   "the paper."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT model; the old one is kept "
+                               "beside it as OUTPUT.<sha256 prefix>.kept, so indexes built with it still query."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
@@ -102,15 +104,15 @@ def train_command(
         sink.log(f"--method {model_cfg.method} uses no centres; ignoring {centers}")
     sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
     summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev, ssm_backend=ssm_backend,
-                    progress=sink, centers_cfg=centers_cfg)
+                    progress=sink, centers_cfg=centers_cfg, force=force)
     last = summary["last"]
     if model_cfg.method != "s5vh":
         if not quiet:
-            console.print(f"fitted {model_cfg.method.upper()} on the {summary['fit_on']} of {summary['n_train']} "
-                          f"videos in {summary['seconds']:.2f} s; model: {summary['model']}", highlight=False,
-                          markup=False)
+            console.print(printable(f"fitted {model_cfg.method.upper()} on the {summary['fit_on']} of "
+                                    f"{summary['n_train']} videos in {summary['seconds']:.2f} s; model: "
+                                    f"{summary['model']}"), highlight=False, markup=False)
         return
     if not quiet:
-        console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
-                      f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
-                      f"metrics: {summary['metrics']}", highlight=False, markup=False)
+        console.print(printable(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
+                                f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
+                                f"metrics: {summary['metrics']}"), highlight=False, markup=False)

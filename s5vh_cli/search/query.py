@@ -14,14 +14,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
-from . import artifacts
-from .codes import to_hex
-from .errors import InputError, MismatchError
+from .. import artifacts
+from ..codes import to_hex
+from ..errors import InputError, MismatchError
+from ..progress import NULL, Progress
 from .index import HammingIndex, IndexParams, open_index, range_search, search
-from .progress import NULL, Progress
 
 
 @dataclass
@@ -57,34 +56,28 @@ class QueryOutcome:
                              "path": artifacts.display_path(self.index.paths[i])})
             out.append({"query": artifacts.display_path(q.name), "query_id": q.id,
                         "query_path": artifacts.display_path(q.path),
-                        "code": to_hex(q.code) if q.code is not None else None, "results": hits})
+                        "code": to_hex(q.code) if q.code is not None else None,
+                        "status": "found" if hits else "none", "results": hits})
         return out
 
+    @property
+    def queries_without_results(self) -> int:
+        return sum(1 for d, _ in self.results if len(d) == 0)
+
     def to_json(self) -> dict[str, Any]:
-        return {"index": str(self.index.path), "type": self.index.index_type, "exact": self.index.exact,
-                "bits": self.index.bits, "count": self.index.n, "topk": self.topk, "radius": self.radius,
+        return {"index": artifacts.display_path(str(self.index.path)), "type": self.index.index_type,
+                "exact": self.index.exact, "bits": self.index.bits, "count": self.index.n, "topk": self.topk,
+                "radius": self.radius, "queries_without_results": self.queries_without_results,
                 "timings": {k: round(v, 6) for k, v in self.timings.items()}, "queries": self.to_records()}
 
 
 def _h5_kind(path: str) -> str | None:
     """'codes' or 'features' for an HDF5 input, None for anything else (treated as a video)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    try:
-        if not h5py.is_hdf5(p):
-            return None
-        with h5py.File(p, "r") as f:
-            kind = f.attrs.get("s5vh_artifact")
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            if kind is None and "feats" in f:
-                return "features"
-    except OSError:
-        return None
-    if kind in ("codes", "features"):
+    kind = artifacts.h5_kind(path)
+    if kind is None or kind in ("codes", "features"):
         return kind
-    raise InputError(f"{path}: a {kind or 'non-s5vh HDF5'} file; query takes videos, a folder, a features file "
-                     "or a codes file")
+    raise InputError(f"{path}: a {kind or 'non-s5vh or damaged HDF5'} file; query takes videos, a folder, a features "
+                     "file or a codes file")
 
 
 class _ModelCache:
@@ -100,8 +93,8 @@ class _ModelCache:
     def get(self):
         if self.model is not None:
             return self.model, self.meta
-        from .checkpoint import load_model
-        from .device import describe_device, resolve_device
+        from ..checkpoint import load_model
+        from ..device import describe_device, resolve_device
 
         path = self.model_path or str(self.h.provenance.get("model_path") or "")
         if not path:
@@ -110,6 +103,13 @@ class _ModelCache:
             how = "given with --model" if self.model_path else "recorded in the index"
             raise InputError(f"{path}: model file {how} not found; pass --model PATH (the model that made the codes)")
         sha = artifacts.sha256_file(path)
+        if self.h.model_sha256 and sha != self.h.model_sha256 and not self.model_path:
+            # `s5vh train --force` keeps the model it replaced beside the new one, named by its sha256
+            from ..checkpoint import kept_model_path
+
+            kept = kept_model_path(path, self.h.model_sha256)
+            if kept.is_file() and artifacts.sha256_file(kept) == self.h.model_sha256:
+                path, sha = str(kept), self.h.model_sha256
         if self.h.model_sha256 and sha != self.h.model_sha256:
             raise MismatchError(f"{path}: model sha256 {sha[:12]} is not the model that made {self.h.path} "
                                 f"({self.h.model_sha256[:12]})")
@@ -117,7 +117,7 @@ class _ModelCache:
         model, meta = load_model(path, device="cpu")
         why = "transformer encoder: no selective scan"
         if model.cfg.encoder == "mamba":
-            from .ssm import resolve_backend
+            from ..ssm import resolve_backend
 
             backend, why = resolve_backend(self.ssm_backend, self.dev)
             model.set_backend(backend)
@@ -130,7 +130,7 @@ class _ModelCache:
 
 
 def _encode(cache: _ModelCache, feats: np.ndarray, batch_size: int, progress: Progress) -> np.ndarray:
-    from .encode import encode_array
+    from ..encode import encode_array
 
     model, _ = cache.get()
     return encode_array(model, feats, batch_size=max(1, batch_size), device=cache.dev, progress=progress)
@@ -151,12 +151,60 @@ def _clip_settings(h: HammingIndex, meta: dict[str, Any]) -> tuple[str, int, str
     return str(backbone), int(frames), str(sampling), str(pick("backbone_sha256") or "")
 
 
-def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | None = None, device: str = "auto",
-                    ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-                    progress: Progress | None = None) -> tuple[list[QueryInput], dict[str, float]]:
-    """Turn clips / folders / features files / codes files into packed query codes (in input order)."""
-    progress = progress or NULL
-    cache = _ModelCache(h, model_path, device, ssm_backend, progress)
+class Searcher:
+    """An opened index with what clip and feature queries need (model, backbone), loaded at most once.
+
+    ``query()`` below makes one per call; a long-lived caller (the server) keeps one and calls ``query``
+    many times, so the model and backbone load once.
+    """
+
+    def __init__(self, index: HammingIndex | str | os.PathLike, *, model_path: str | None = None,
+                 device: str = "auto", ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
+                 params: IndexParams | None = None, progress: Progress | None = None) -> None:
+        t0 = time.perf_counter()
+        self.index = index if isinstance(index, HammingIndex) else open_index(index, params=params)
+        self.open_s = time.perf_counter() - t0
+        self.device, self.batch_size, self.weights = device, batch_size, weights
+        self.progress = progress or NULL
+        self._models = _ModelCache(self.index, model_path, device, ssm_backend, self.progress)
+
+    def prepare(self, inputs: list[str]) -> tuple[list[QueryInput], dict[str, float]]:
+        """Turn clips / folders / features files / codes files into packed query codes (in input order)."""
+        return _prepare(self, inputs)
+
+    def search(self, queries: list[QueryInput], topk: int = 20, radius: int | None = None,
+               exclude_self: bool = False) -> tuple[list[tuple[np.ndarray, np.ndarray]], float]:
+        h = self.index
+        if radius is not None and not 0 <= radius <= h.bits:
+            raise InputError(f"--radius must be between 0 and {h.bits} (the code length), got {radius}")
+        if not queries:
+            return [], 0.0
+        q = np.stack([x.code for x in queries])
+        excl = _self_keys(h, queries) if exclude_self else None
+        t0 = time.perf_counter()
+        if radius is not None:
+            res = range_search(h, q, radius, exclude=excl)
+            if topk:
+                res = [(d[:topk], k[:topk]) for d, k in res]
+        else:
+            res = search(h, q, topk, exclude=excl)
+        return res, time.perf_counter() - t0
+
+    def query(self, inputs: list[str], topk: int = 20, radius: int | None = None,
+              exclude_self: bool = False) -> QueryOutcome:
+        """Search with every input; top-``topk`` or everything within ``radius`` (then at most ``topk``)."""
+        if radius is not None and not 0 <= radius <= self.index.bits:  # before any clip is decoded
+            raise InputError(f"--radius must be between 0 and {self.index.bits} (the code length), got {radius}")
+        queries, timings = self.prepare(inputs)
+        res, t_search = self.search(queries, topk, radius, exclude_self)
+        timings = {"open_s": self.open_s, **timings, "search_s": t_search}
+        return QueryOutcome(index=self.index, queries=queries, results=res, timings=timings,
+                            topk=topk if topk else None, radius=radius)
+
+
+def _prepare(s: Searcher, inputs: list[str]) -> tuple[list[QueryInput], dict[str, float]]:
+    h, cache, progress = s.index, s._models, s.progress
+    device, batch_size, weights = s.device, s.batch_size, s.weights
     timings = {"extract_s": 0.0, "encode_s": 0.0, "model_load_s": 0.0}
     queries: list[QueryInput] = []
     videos: list[tuple[str, str]] = []
@@ -164,7 +212,7 @@ def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | Non
     def flush_videos() -> None:
         if not videos:
             return
-        from .extract import extract_clips
+        from ..extract import extract_clips
 
         t0 = time.perf_counter()
         cache.get()
@@ -188,7 +236,7 @@ def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | Non
     for raw in inputs:
         kind = _h5_kind(raw)
         if kind is None:
-            from .extract import collect_inputs
+            from ..extract import collect_inputs
 
             found, _ = collect_inputs([raw])
             if not found and os.path.isdir(raw):
@@ -244,21 +292,6 @@ def query(index_path: str | os.PathLike, inputs: list[str], topk: int = 20, radi
           ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
           params: IndexParams | None = None, progress: Progress | None = None) -> QueryOutcome:
     """Search ``index_path`` with every input; top-``topk`` or everything within ``radius``."""
-    progress = progress or NULL
-    t0 = time.perf_counter()
-    h = open_index(index_path, params=params)
-    t_open = time.perf_counter() - t0
-    queries, timings = prepare_queries(h, inputs, model_path=model_path, device=device, ssm_backend=ssm_backend,
-                                       batch_size=batch_size, weights=weights, progress=progress)
-    q = np.stack([x.code for x in queries])
-    excl = _self_keys(h, queries) if exclude_self else None
-    t0 = time.perf_counter()
-    if radius is not None:
-        res = range_search(h, q, radius, exclude=excl)
-        if topk:
-            res = [(d[:topk], k[:topk]) for d, k in res]
-    else:
-        res = search(h, q, topk, exclude=excl)
-    timings = {"open_s": t_open, **timings, "search_s": time.perf_counter() - t0}
-    return QueryOutcome(index=h, queries=queries, results=res, timings=timings,
-                        topk=topk if topk else None, radius=radius)
+    s = Searcher(index_path, model_path=model_path, device=device, ssm_backend=ssm_backend, batch_size=batch_size,
+                 weights=weights, params=params, progress=progress)
+    return s.query(inputs, topk=topk, radius=radius, exclude_self=exclude_self)
