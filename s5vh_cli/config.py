@@ -47,6 +47,10 @@ class ModelConfig:
     n_clusters: int = 100
     centers_mode: str = "fixed"  # or "learned" (released)
     code_tie: str = "plus_one"  # video bit when frame votes tie exactly: +1 (binary codes need a side)
+    # Pool frame codes over this many consecutive stretches of time instead of the whole video: bit block s of the
+    # code (bits/K bits) comes from the frames of stretch s only, so the code changes when the order does. 1 = the
+    # paper's mean over all frames.
+    temporal_pool: int = 1
 
     def validate(self) -> ModelConfig:
         """Types and ranges of every field, so that an ill-typed or absurd config (from a damaged or crafted model
@@ -64,6 +68,9 @@ class ModelConfig:
             _int_in(name, getattr(self, name), lo, hi)
         if self.bits % 8:
             raise InputError(f"bits must be a positive multiple of 8, got {self.bits}")
+        if self.bits % self.temporal_pool or self.temporal_pool > self.frames:
+            raise InputError(f"temporal_pool {self.temporal_pool} must divide bits {self.bits} and be at most the "
+                             f"{self.frames} frames")
         _is("drop_path", self.drop_path, (int, float))
         if not 0.0 <= float(self.drop_path) < 1.0:
             raise InputError(f"drop_path must be in [0, 1), got {self.drop_path}")
@@ -77,6 +84,7 @@ class ModelConfig:
 # Bounds of the integer fields of ModelConfig: far beyond any real model, tight enough that a damaged or crafted
 # config cannot ask for gigabytes (the weights' shapes are checked against the config before anything is built).
 _MODEL_INT_RANGES = {
+    "temporal_pool": (1, 64),
     "feature_dim": (1, 1 << 16), "frames": (2, 10_000), "bits": (8, 4096), "d_model": (1, 1 << 14),
     "depth": (1, 512), "dec_d_model": (1, 1 << 14), "dec_depth": (1, 512), "d_state": (1, 1024),
     "d_conv": (1, 64), "expand": (1, 64), "n_heads": (1, 1024), "ffn_dim": (1, 1 << 16), "n_clusters": (1, 1 << 20),

@@ -55,23 +55,23 @@ def encode_with_descriptors(model: torch.nn.Module, feats: np.ndarray, descripto
     n = feats.shape[0]
     out = np.empty((n, cfg.bits // 8), dtype=np.uint8)
     pos = torch.from_numpy(frame_positions(cfg.frames, descriptor_frames))
-    desc = None
-    if descriptor == "soft":
-        desc = np.empty((n, cfg.bits), np.float16)
-    elif descriptor == "frames":
-        desc = np.empty((n, len(pos), cfg.bits), np.float16)
+    desc = None  # allocated from the first batch: a linear model's frame codes may be narrower than the code
     progress.start("encode", total=n)
     try:
         with torch.inference_mode():
             for s in range(0, n, batch_size):
                 x = torch.from_numpy(np.ascontiguousarray(feats[s:s + batch_size], dtype=np.float32)).to(dev)
-                h = model.soft_frame_codes(x)
-                bits = model.bits_from_soft(h).cpu().numpy()
+                if descriptor == "none":  # the model's own hash: any module with .cfg and .hash encodes
+                    bits = model.hash(x).cpu().numpy()
+                else:
+                    h = model.soft_frame_codes(x)
+                    bits = model.bits_from_soft(h).cpu().numpy()
                 out[s:s + len(bits)] = np.packbits(bits, axis=1)
-                if descriptor == "soft":
-                    desc[s:s + len(bits)] = model.soft_video(h).float().cpu().numpy()
-                elif descriptor == "frames":
-                    desc[s:s + len(bits)] = h[:, pos.to(h.device)].float().cpu().numpy()
+                if descriptor != "none":
+                    part = model.soft_video(h) if descriptor == "soft" else h[:, pos.to(h.device)]
+                    if desc is None:
+                        desc = np.empty((n, *part.shape[1:]), np.float16)
+                    desc[s:s + len(bits)] = part.float().cpu().numpy()
                 progress.advance(len(bits))
     finally:
         progress.finish()

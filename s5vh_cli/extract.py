@@ -497,16 +497,27 @@ def _embed(model, clips: list[Any], device) -> np.ndarray:
     its plain frames, then each view's frames."""
     import torch
 
-    parts = []
+    parts, expand, at = [], [], 0
     for c in clips:
-        parts.append(c.frames)
-        if getattr(c, "views", None) is not None:
-            parts.extend(c.views)
+        # a frame index sampled twice (padding of short videos, --fps caps) is the same image: embed it once
+        idx = np.asarray(getattr(c, "indices", np.arange(len(c.frames))))
+        if len(idx) == len(c.frames):
+            _, first, inv = np.unique(idx, return_index=True, return_inverse=True)
+        else:
+            first = inv = np.arange(len(c.frames))
+        parts.append(c.frames[first])
+        expand.append(at + inv)
+        at += len(first)
+        for v in (c.views if getattr(c, "views", None) is not None else ()):
+            parts.append(v)
+            expand.append(at + np.arange(len(v)))
+            at += len(v)
     x = torch.from_numpy(np.concatenate(parts))
     if device.type == "cuda":
         x = x.pin_memory().to(device, non_blocking=True)
     with torch.inference_mode():
-        return model(x).float().cpu().numpy()
+        out = model(x).float().cpu().numpy()
+    return out[np.concatenate(expand)]
 
 
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:

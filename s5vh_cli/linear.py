@@ -67,7 +67,7 @@ def fit_itq(x: np.ndarray, bits: int, n_iter: int = 50, seed: int = 0) -> tuple[
 def check_linear_weights_fit(cfg: ModelConfig, state_dict: dict) -> None:
     """Refuse stored weights that are not exactly ``mean`` [D] and ``projection`` [D, L] of ``cfg`` (checked
     before anything is allocated from the config)."""
-    want = {"mean": (cfg.feature_dim,), "projection": (cfg.feature_dim, cfg.bits)}
+    want = {"mean": (cfg.feature_dim,), "projection": (cfg.feature_dim, cfg.bits // cfg.temporal_pool)}
     if set(state_dict) != set(want):
         raise MismatchError(f"a {cfg.method} model holds exactly 'mean' and 'projection', not "
                             f"{', '.join(sorted(map(str, state_dict)))[:120]}")
@@ -87,12 +87,13 @@ class LinearHash(nn.Module):
             raise InputError(f"LinearHash is for methods {', '.join(METHODS)}, not {cfg.method!r}")
         self.cfg = cfg
         self.register_buffer("mean", torch.zeros(cfg.feature_dim))
-        self.register_buffer("projection", torch.zeros(cfg.feature_dim, cfg.bits))
+        # with temporal_pool K, one projection to bits/K dimensions serves each of the K stretches of time
+        self.register_buffer("projection", torch.zeros(cfg.feature_dim, cfg.bits // cfg.temporal_pool))
 
     def set_fit(self, mean: np.ndarray, projection: np.ndarray) -> LinearHash:
-        if projection.shape != (self.cfg.feature_dim, self.cfg.bits) or mean.shape != (self.cfg.feature_dim,):
-            raise MismatchError(f"projection {projection.shape} / mean {mean.shape} do not fit "
-                                f"[{self.cfg.feature_dim}, {self.cfg.bits}]")
+        want = tuple(self.projection.shape)
+        if projection.shape != want or mean.shape != (self.cfg.feature_dim,):
+            raise MismatchError(f"projection {projection.shape} / mean {mean.shape} do not fit {list(want)}")
         self.mean.copy_(torch.from_numpy(np.asarray(mean, np.float32)))
         self.projection.copy_(torch.from_numpy(np.asarray(projection, np.float32)))
         return self
@@ -107,14 +108,21 @@ class LinearHash(nn.Module):
         self._check_input(x)
         return (x - self.mean) @ self.projection
 
-    @staticmethod
-    def soft_video(h: Tensor) -> Tensor:
-        """The video's pre-sign code [B, L] from frame projections [B, T, L]: the projection of the mean feature."""
-        return h.mean(dim=1)
+    def soft_video(self, h: Tensor) -> Tensor:
+        """The video's pre-sign code [B, L] from frame projections [B, T, L/K]: the projection of the mean
+        feature (of each of the K stretches of time, side by side, with ``temporal_pool`` K)."""
+        k = self.cfg.temporal_pool
+        if k == 1:
+            return h.mean(dim=1)
+        from .model import stretch_of
 
-    @staticmethod
-    def bits_from_soft(h: Tensor) -> Tensor:
-        return h.mean(dim=1) >= 0
+        t = h.shape[1]
+        member = torch.nn.functional.one_hot(stretch_of(torch.arange(t, device=h.device), t, k), k).to(h.dtype)
+        means = torch.einsum("tk,btl->bkl", member, h) / member.sum(dim=0).clamp(min=1.0)[None, :, None]
+        return means.reshape(h.shape[0], -1)
+
+    def bits_from_soft(self, h: Tensor) -> Tensor:
+        return self.soft_video(h) >= 0
 
     def soft_code(self, x: Tensor) -> Tensor:
         return self.soft_video(self.soft_frame_codes(x))

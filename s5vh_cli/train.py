@@ -163,7 +163,7 @@ def _label_pred(model: S5VH, x: torch.Tensor, mode: str, tau_c: float) -> torch.
     """
     with torch.no_grad(), _eval_mode(model, mode == "paper"):
         codes = model.frame_codes(x, hash_norm=mode == "paper")
-        logits = model.center_logits(codes.mean(dim=1))
+        logits = model.center_logits(model.pool(codes))
         if mode == "paper":
             logits = logits / (model.cfg.bits * tau_c)
         return torch.softmax(logits, dim=-1)
@@ -182,7 +182,7 @@ def _step_losses(model: S5VH, x: torch.Tensor, masks: tuple[torch.Tensor, ...], 
     hard = None
     if tcfg.reverse_negatives:
         # the first view's frames in reverse order: same frames, opposite arrow of time
-        hard = model.frame_codes_visible(x.flip(1), vis1).mean(dim=1)
+        hard = model.pool(model.frame_codes_visible(x.flip(1), vis1), vis1)
     dcl = dcl_loss(out["mean_code"][:b], out["mean_code"][b:], tcfg.temperature, tcfg.tau_plus, hard)
     scale = 1.0 / (model.cfg.bits * tcfg.temperature_cluster)
     ca = center_alignment_loss([out["logits"][:b] * scale, out["logits"][b:] * scale], targets)
@@ -378,18 +378,24 @@ def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfi
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames).validate()
     t0 = time.perf_counter()
+    k = model_cfg.temporal_pool
+    dims = model_cfg.bits // k  # one projection serves each of the k stretches of time
     on = train_cfg.linear_fit
     if on == "auto":
-        on = "means" if features.n >= model_cfg.bits or model_cfg.method == "lsh" else "frames"
+        on = "means" if features.n * k >= dims or model_cfg.method == "lsh" else "frames"
     x = features.feats.astype(np.float64)
-    x = x.mean(axis=1) if on == "means" else x.reshape(-1, features.dim)
-    progress.log(f"fitting {model_cfg.method.upper()} ({model_cfg.bits} bits) on the {on} of {features.n} videos "
+    if on == "means":  # the mean feature of every video (of every stretch of it, with temporal pooling)
+        x = np.concatenate([x[:, s * x.shape[1] // k:(s + 1) * x.shape[1] // k].mean(axis=1) for s in range(k)])
+    else:
+        x = x.reshape(-1, features.dim)
+    progress.log(f"fitting {model_cfg.method.upper()} ({model_cfg.bits} bits"
+                 f"{f', {k} stretches of {dims}' if k > 1 else ''}) on the {on} of {features.n} videos "
                  f"({x.shape[0]} rows)")
     extra: dict[str, Any] = {"fit_on": on, "n_train": features.n, "rows": int(x.shape[0])}
     if model_cfg.method == "lsh":
-        mean, proj = fit_lsh(x, model_cfg.bits, train_cfg.seed)
+        mean, proj = fit_lsh(x, dims, train_cfg.seed)
     else:
-        mean, proj, history = fit_itq(x, model_cfg.bits, train_cfg.itq_iters, train_cfg.seed)
+        mean, proj, history = fit_itq(x, dims, train_cfg.itq_iters, train_cfg.seed)
         extra["quantisation_loss"] = history[-1] if history else None
     model = LinearHash(model_cfg).set_fit(mean, proj)
     elapsed = time.perf_counter() - t0

@@ -138,3 +138,48 @@ def test_vote_finds_video_and_range():
     # a distance no better than chance does not vote at all
     none = vote(q_start[:1], q_start[:1] + 4, [np.array([3])], [np.array([16])], videos, starts, starts + 4, bits=32)
     assert none == []
+
+
+def test_window_index_query_finds_source_and_time_range(tmp_path, rng, capsys):
+    """An 8 s excerpt cut from the middle of a 20 s video: the query API votes its windows into that video and
+    the matching range in both videos (index and queries of `encode --segment` codes / fixed-rate features)."""
+    import json
+
+    from s5vh_cli.checkpoint import save_model
+    from s5vh_cli.cli import main
+    from s5vh_cli.config import TrainConfig
+    from s5vh_cli.encode import encode_file
+    from s5vh_cli.search.index import build_index
+    from s5vh_cli.search.query import query
+
+    model = _linear(dim=16, bits=32, frames=4)
+    save_model(tmp_path / "m.pt", model, model.cfg, TrainConfig(), {"backbone": "test"})
+    feats = rng.standard_normal((3, 40, 16)).astype(np.float32)  # 3 videos of 20 s at 2 frames/s
+    names = ["a.mp4", "b.mp4", "c.mp4"]
+
+    def write(path, x, ids):
+        meta = {"frame_times": np.tile(np.arange(x.shape[1]) * 0.5, (len(x), 1)),
+                "valid_frames": np.full(len(x), x.shape[1])}
+        artifacts.write_features(path, x, ids, [f"/v/{i}" for i in ids], backbone="test", backbone_sha256="",
+                                 sampling="fps=2", meta=meta, prov=artifacts.provenance("test"))
+
+    write(tmp_path / "db.h5", feats, names)
+    encode_file(tmp_path / "m.pt", tmp_path / "db.h5", tmp_path / "c.h5", segment="4s", hop="1s", descriptor="soft")
+    build_index(artifacts.read_codes(tmp_path / "c.h5"), tmp_path / "w.bin")
+    excerpt = feats[1:2, 16:32] + 0.1 * rng.standard_normal((1, 16, 16)).astype(np.float32)  # b, 8 s to 16 s
+    write(tmp_path / "q.h5", excerpt, ["q.mp4"])
+    for rerank in (0, 5):
+        out = query(tmp_path / "w.bin", [str(tmp_path / "q.h5")], topk=3, rerank=rerank)
+        best = out.matches[0][0]
+        assert best.video == "b.mp4" and abs(best.video_start - 8.0) <= 1.0 and abs(best.video_end - 16.0) <= 1.0
+        assert abs(best.query_start) <= 1.0 and abs(best.query_end - 8.0) <= 1.0
+    # the same through the CLI, and codes of windows as the query
+    encode_file(tmp_path / "m.pt", tmp_path / "q.h5", tmp_path / "qc.h5", segment="4s", hop="1s", descriptor="soft")
+    for q in (tmp_path / "q.h5", tmp_path / "qc.h5"):
+        capsys.readouterr()
+        main(["query", str(tmp_path / "w.bin"), str(q), "--json"])
+        doc = json.loads(capsys.readouterr().out)
+        r = doc["queries"][0]["results"][0]
+        assert doc["windows"] is True and r["id"] == "b.mp4" and abs(r["video_range_s"][0] - 8.0) <= 1.0
+    with pytest.raises(InputError, match="--radius"):
+        query(tmp_path / "w.bin", [str(tmp_path / "q.h5")], radius=3)

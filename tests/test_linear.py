@@ -95,3 +95,27 @@ def test_cli_train_method_then_encode(tmp_path):
     p = subprocess.run([*run, "train", tmp_path / "f.h5", "--method", "pca", "-o", tmp_path / "x.pt"],
                        capture_output=True, text=True)
     assert p.returncode == 2 and "method must be one of" in p.stderr
+
+
+def test_temporal_pool_codes_depend_on_frame_order():
+    """--temporal-pool K: bit block s comes from the s-th stretch of time only, so playing a video backwards
+    changes its code (the mean over all frames, K = 1, cannot tell)."""
+    import torch
+
+    from s5vh_cli.model import pool_codes
+
+    rng = np.random.default_rng(0)
+    x = torch.from_numpy(rng.standard_normal((5, 8, 12)).astype(np.float32))
+    for k, differs in ((1, False), (2, True)):
+        cfg = ModelConfig(method="lsh", bits=16, feature_dim=12, frames=8, temporal_pool=k)
+        m = LinearHash(cfg).set_fit(np.zeros(12), rng.standard_normal((12, 16 // k)))
+        with torch.no_grad():
+            fwd, back = m.hash(x), m.hash(x.flip(1))
+        assert bool((fwd != back).any()) is differs
+    # k = 2 on [B, V, L]: block 0 (bits 0-1) is the mean of the first half's frames, block 1 of the second half's
+    codes = torch.tensor([[[1.0, 1.0, 1.0, 1.0], [1.0, 1.0, 1.0, 1.0], [-1.0, -1.0, -1.0, -1.0],
+                           [-1.0, -1.0, -1.0, -1.0]]])
+    assert pool_codes(codes, None, 4, 2).tolist() == [[1.0, 1.0, -1.0, -1.0]]
+    assert pool_codes(codes, None, 4, 1).tolist() == [[0.0, 0.0, 0.0, 0.0]]
+    with pytest.raises(InputError, match="temporal_pool"):
+        ModelConfig(bits=16, frames=8, temporal_pool=3).validate()

@@ -293,3 +293,22 @@ def test_two_renderings_differ_per_video():
     a, b = _two_renderings(feats, views, np.arange(6), torch.Generator().manual_seed(0), torch.device("cpu"))
     assert a.shape == (6, 2, 3) and (a[:, 0, 0] != b[:, 0, 0]).all()
     assert set(a[:, 0, 0].tolist()) | set(b[:, 0, 0].tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_temporal_pool_trains_and_codes_pool_each_stretch(tmp_path):
+    """--temporal-pool 2 trains end to end (contrastive views pool the visible frames by their positions) and
+    bit block s of the code is the sign of the frame codes' mean over the s-th half of the video only."""
+    import torch
+
+    m, t = configs()
+    m = dataclasses.replace(m, temporal_pool=2)
+    s = train(make_features(), make_centers(), m, t, tmp_path / "p.pt", device="cpu", ssm_backend="torch")
+    assert np.isfinite(s["last"]["loss"])
+    model, meta = load_model(tmp_path / "p.pt", ssm_backend="torch")
+    assert meta["model_config"]["temporal_pool"] == 2
+    x = torch.from_numpy(make_features().feats[:8])
+    with torch.no_grad():
+        fc = model.frame_codes(x)  # [B, T, L] +-1
+        half, t_ = fc.shape[2] // 2, fc.shape[1]
+        want = torch.cat([fc[:, :t_ // 2, :half].mean(1), fc[:, t_ // 2:, half:].mean(1)], dim=1) >= 0
+        assert torch.equal(model.hash(x), want)

@@ -58,6 +58,10 @@ def train_command(
                                                   help="Cut the two contrasted views from two different renderings "
                                                   "of the video (features from `s5vh extract --views N`), so the "
                                                   "codes learn what copies go through. Off in the paper."),
+    temporal_pool: int | None = typer.Option(None, "--temporal-pool", help="Pool frame codes over K consecutive "
+                                             "stretches of time, bits/K bits each, so codes change when the order "
+                                             "of frames does [default: 1, the mean over all frames, as the paper]. "
+                                             "Also for --method itq|lsh."),
     reverse_negatives: bool | None = typer.Option(None, "--reverse-negatives/--no-reverse-negatives",
                                                   help="Use each video played backwards as an extra negative of "
                                                   "the contrastive loss, so codes depend on frame order. Off in "
@@ -82,7 +86,7 @@ def train_command(
             raise typer.BadParameter("must be at least 1", param_hint="--threads")
         torch.set_num_threads(threads)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
-    model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, tie_directions=tie_directions,
+    model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, temporal_pool=temporal_pool, tie_directions=tie_directions,
                                decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
     train_cfg = config.replace(train_cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                val_fraction=val_fraction, label_pred=label_pred, mask_ratio=mask_ratio,
