@@ -439,8 +439,12 @@ def preprocess_string(size: int, resize: int) -> str:
     return f"shorter_side={resize},center_crop={size},cv2_area_down_linear_up,rgb,imagenet_mean_std"
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(runtime: str = "torch") -> int:
+    """Decode processes when --workers is not given. With torch on the CPU one core is left to its OpenMP
+    pool, which collapses when it shares cores; the other runtimes cost a fraction of a core per video next to
+    decoding, so every core decodes (docs/extract.md, "Speed")."""
+    cores = os.cpu_count() or 2
+    return max(1, min(8, cores - 1 if runtime == "torch" else cores))
 
 
 def _embed(embedder, clips: list[Any]) -> np.ndarray:
@@ -491,7 +495,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
                                   device=device, threads=threads, batch_size=cfg.batch_size)
     for note in model.notes:
         progress.log(note)
-    workers = default_workers() if workers is None else workers
+    workers = default_workers(model.runtime if model.device == "cpu" else "torch") if workers is None else workers
     progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on "
                  f"{model.describe()} ({choice.reason}); {workers} decode worker(s)")
     settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": str(sampling),

@@ -153,6 +153,7 @@ def _clip_settings(h: HammingIndex, meta: dict[str, Any]) -> tuple[str, int, str
 
 def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | None = None, device: str = "auto",
                     ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
+                    runtime: str = "auto", precision: str = "auto",
                     progress: Progress | None = None) -> tuple[list[QueryInput], dict[str, float]]:
     """Turn clips / folders / features files / codes files into packed query codes (in input order)."""
     progress = progress or NULL
@@ -170,9 +171,13 @@ def prepare_queries(h: HammingIndex, inputs: list[str], *, model_path: str | Non
         cache.get()
         timings["model_load_s"] += time.perf_counter() - t0
         backbone, frames, sampling, bb_sha = _clip_settings(h, cache.meta)
+        prec = precision
+        if prec == "auto" and (cache.meta.get("features") or {}).get("precision") == "bfloat16":
+            prec = "bfloat16"  # clips as the model's training features were made
         t0 = time.perf_counter()
         feats, infos = extract_clips([p for _, p in videos], backbone=backbone, frames=frames, sampling=sampling,
-                                     weights=weights, device=device, batch_size=batch_size, progress=progress)
+                                     weights=weights, device=device, batch_size=batch_size, runtime=runtime,
+                                     precision=prec, progress=progress)
         timings["extract_s"] += time.perf_counter() - t0
         got = {i.get("backbone_sha256") for i in infos} - {None, ""}
         if bb_sha and got and got != {bb_sha}:
@@ -242,14 +247,16 @@ def _self_keys(h: HammingIndex, queries: list[QueryInput]) -> list[set[int]]:
 def query(index_path: str | os.PathLike, inputs: list[str], topk: int = 20, radius: int | None = None,
           exclude_self: bool = False, model_path: str | None = None, device: str = "auto",
           ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-          params: IndexParams | None = None, progress: Progress | None = None) -> QueryOutcome:
+          params: IndexParams | None = None, runtime: str = "auto", precision: str = "auto",
+          progress: Progress | None = None) -> QueryOutcome:
     """Search ``index_path`` with every input; top-``topk`` or everything within ``radius``."""
     progress = progress or NULL
     t0 = time.perf_counter()
     h = open_index(index_path, params=params)
     t_open = time.perf_counter() - t0
     queries, timings = prepare_queries(h, inputs, model_path=model_path, device=device, ssm_backend=ssm_backend,
-                                       batch_size=batch_size, weights=weights, progress=progress)
+                                       batch_size=batch_size, weights=weights, runtime=runtime,
+                                       precision=precision, progress=progress)
     q = np.stack([x.code for x in queries])
     excl = _self_keys(h, queries) if exclude_self else None
     t0 = time.perf_counter()

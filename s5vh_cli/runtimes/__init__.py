@@ -290,17 +290,23 @@ def _ov_streams(threads: int) -> int:
     return 1
 
 
-def measure(embedder: Embedder, batch: int, reps: int = 3) -> float:
-    """Frames per second of ``embedder`` on ``batch`` random frames: one warm-up, then the best of ``reps``."""
-    s = embedder.input_size
+def measure_all(embedders: dict[str, Embedder], batch: int, rounds: int = 3) -> dict[str, float]:
+    """Frames per second of each embedder on ``batch`` random frames: one warm-up batch each, then ``rounds``
+    rounds of one batch each, interleaved (a change in the machine's other load hits all alike); the best."""
+    if not embedders:
+        return {}
+    s = next(iter(embedders.values())).input_size
     x = np.random.default_rng(1).integers(0, 256, (batch, s, s, 3), dtype=np.uint8)
-    embedder.embed(x)
-    best = float("inf")
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        embedder.embed(x)
-        best = min(best, time.perf_counter() - t0)
-    return batch / best
+    best = {}
+    for name, e in embedders.items():
+        e.embed(x)
+        best[name] = float("inf")
+    for _ in range(rounds):
+        for name, e in embedders.items():
+            t0 = time.perf_counter()
+            e.embed(x)
+            best[name] = min(best[name], time.perf_counter() - t0)
+    return {name: batch / t for name, t in best.items()}
 
 
 def _versions() -> str:
@@ -417,14 +423,13 @@ def _load(backbone: str, weights: str | None, runtime: str, precision: str, devi
         return (_build(known["runtime"], model, dev, prec, n_threads),
                 Choice(known["runtime"], f"fastest when measured on {known.get('measured', '?')} "
                        f"({_rates(rates)}; {_auto_store()})", rates))
-    rates: dict[str, float] = {}
     loaded: dict[str, Embedder] = {}
     for r in candidates:
         try:
             loaded[r] = _build(r, model, dev, prec, n_threads)
-            rates[r] = measure(loaded[r], batch_size)
         except BackendError:
             continue
+    rates = measure_all(loaded, batch_size)
     best = max(rates, key=rates.get)
     _auto_save(key, {"runtime": best, "frames_per_s": {k: round(v, 1) for k, v in rates.items()},
                      "measured": time.strftime("%Y-%m-%d %H:%M", time.localtime())})
