@@ -50,6 +50,9 @@ def extract_command(
     Rerunning on the same OUTPUT skips videos already done; an interrupted run resumes from OUTPUT.partial.
     Unreadable, corrupt or non-video files are reported, recorded in the output and skipped: the exit code is
     non-zero only when nothing could be extracted, or with --strict."""
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads: torch's spinning OpenMP pool collapses on shared cores
     from ..config import ExtractConfig
     from ..errors import InputError, VideoError
     from ..extract import extract

@@ -44,6 +44,9 @@ def register(app: typer.Typer) -> None:
 
         Exit code: 0 when at least one result was found, 1 when none (e.g. nothing within --radius), 2 on error.
         """
+        from ..runtime import prefer_passive_openmp
+
+        prefer_passive_openmp()  # before torch loads (the backbone and the encoder, as in extract and encode)
         from ..errors import InputError
         from ..index import IndexParams
         from ..query import query

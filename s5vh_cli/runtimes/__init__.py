@@ -36,6 +36,9 @@ import numpy as np
 from ..errors import BackendError, InputError
 from .graphs import cache_dir
 
+__all__ = ["RUNTIMES", "PRECISIONS", "Embedder", "Choice", "load_embedder", "available_runtimes", "installed",
+           "cache_dir", "measure_all", "clear_cache", "usable_cores"]
+
 RUNTIMES = ("torch", "onnxruntime", "openvino")
 PRECISIONS = ("float32", "bfloat16", "float16")
 EXTRAS = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
