@@ -110,7 +110,8 @@ class TorchEmbedder(Embedder):
 
         spec = model.spec
         super().__init__("torch", torch.__version__.split("+")[0], precision, spec.name, spec.feature_dim,
-                         spec.input_size, model.weights_path, model.weights_sha256, threads, str(dev))
+                         spec.input_size, model.weights_path, model.weights_sha256,
+                         torch.get_num_threads() if dev.type == "cpu" else threads, str(dev))
         self.model, self.dev = model, dev
 
     def embed(self, frames: np.ndarray) -> np.ndarray:
@@ -286,11 +287,7 @@ def _build(runtime: str, model, dev, precision: str, threads: int) -> Embedder: 
         raise _missing(runtime)
     if runtime == "onnxruntime":
         return OrtEmbedder(model, precision, threads)
-    return OpenVinoEmbedder(model, precision, threads, streams=_ov_streams(threads))
-
-
-def _ov_streams(threads: int) -> int:
-    return 1
+    return OpenVinoEmbedder(model, precision, threads)  # one stream: two measured no faster (docs/extract.md)
 
 
 def measure_all(embedders: dict[str, Embedder], batch: int, rounds: int = 3) -> dict[str, float]:
