@@ -16,9 +16,10 @@ Parts:
   excluded, as ExtractResult.frames_per_s reports it) with the code in --baseline (e.g. a copy of main made
   by ``git archive main | tar -x -C .bench-data/main-src``) and with this checkout, same Python environment,
   each in a fresh process, as is and under the known load.
-- ``precision``: retrieval (``benchmarks.run_benchmarks`` with --map-methods at --map-bits, --map-epochs) on
-  the built datasets of --map-data with features extracted at float32 and at bfloat16 by --map-runtime,
-  everything else equal (same seeds), and the extraction speed of each.
+- ``precision``: retrieval on the built datasets of --map-data with query and database features extracted at
+  float32 and at bfloat16 by --map-runtime; the encoders (--map-methods at --map-bits, S5VH trained
+  --map-epochs) are fitted once, on float32 training features (``benchmarks.run_benchmarks``), and encode
+  both; mAP@K from ``s5vh eval`` at every label level.
 
 The known load (``spin2``) is two processes that each keep one core busy (a pure-Python loop), i.e. a second
 2-thread job on a 2-core machine; a fair share under it is half the machine. Every figure is the best of
@@ -296,53 +297,77 @@ def part_e2e(args, sources: Path) -> None:
 
 
 def part_precision(args) -> None:
-    """Retrieval with features extracted at float32 and at bfloat16 (OpenVINO), everything else equal."""
+    """Retrieval with query and database features extracted at float32 and at bfloat16 (--map-runtime), the
+    encoders (LSH, ITQ, S5VH) fitted once on the float32 training features: the effect of extracting at bf16."""
+    import h5py
+
     work = ROOT / ".bench-data" / "runs" / "precision"
+    py = [sys.executable, "-m"]
     rows = []
     speeds: dict[tuple[str, str], float] = {}
+
+    def run(cmd: list[str]) -> str:
+        print("$ " + " ".join(cmd), flush=True)
+        return subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout
+
     for data in [Path(d) for d in args.map_data.split(",")]:
         if not (data / "labels").is_dir():
             sys.exit(f"{data}: not a built dataset (see docs/BENCHMARKS.md, Setup)")
         cfg = json.loads((data / "dataset.json").read_text()) if (data / "dataset.json").is_file() else {}
         frames = (cfg.get("config") or {}).get("frames") or 25
-        splits = [s for s in ("train", "query", "database") if (data / s).is_dir()]
-        evals = {}
-        for prec in ("float32", "bfloat16"):
+        fit_split = "train" if (data / "train").is_dir() else "database"
+        feats = {}
+        for prec, splits in (("float32", sorted({fit_split, "query", "database"})), ("bfloat16", ["query", "database"])):
             fdir = work / data.name / f"features-{prec}"
             fdir.mkdir(parents=True, exist_ok=True)
-            n = secs = 0.0
             for split in splits:
                 out = fdir / f"{split}.h5"
                 if not out.is_file():
-                    cmd = [sys.executable, "-m", "s5vh_cli", "extract", str(data / split), "-o", str(out), "--frames",
-                           str(frames), "--runtime", args.map_runtime, "--precision", prec, "--threads",
-                           str(args.threads), "--json"]
-                    print("$ " + " ".join(cmd), flush=True)
-                    r = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT).stdout)
-                    n += r["extracted"] * frames
-                    secs += r["seconds"]
-            if secs:
-                speeds[(data.name, prec)] = n / secs
-            wd = work / data.name / prec
-            cmd = [sys.executable, "-m", "benchmarks.run_benchmarks", "--data", str(data), "--features", str(fdir),
-                   "--workdir", str(wd), "--bits", args.map_bits, "--methods", args.map_methods, "--epochs",
-                   str(args.map_epochs), "--threads", str(args.threads), "--in-process"]
-            print("$ " + " ".join(cmd), flush=True)
-            subprocess.run(cmd, check=True, cwd=ROOT, stdout=subprocess.DEVNULL)
-            evals[prec] = json.loads((wd / "results.json").read_text())["evals"]
-        for key in sorted(evals["float32"]):
-            a, b = evals["float32"][key]["map_at_k"], evals["bfloat16"].get(key, {}).get("map_at_k", {})
+                    r = json.loads(run([*py, "s5vh_cli", "extract", str(data / split), "-o", str(out), "--frames",
+                                        str(frames), "--runtime", args.map_runtime, "--precision", prec,
+                                        "--threads", str(args.threads), "--json"]))
+                    n, t = speeds.get((data.name, prec), (0.0, 0.0))
+                    speeds[(data.name, prec)] = (n + r["extracted"] * frames, t + r["seconds"])
+                with h5py.File(out) as h5:
+                    assert h5.attrs["precision"] == prec
+            feats[prec] = fdir
+        # the encoders, fitted on float32 features (run_benchmarks: centres, LSH, ITQ, S5VH as published)
+        wd = work / data.name / "float32"
+        run([*py, "benchmarks.run_benchmarks", "--data", str(data), "--features", str(feats["float32"]),
+             "--workdir", str(wd), "--bits", args.map_bits, "--methods", args.map_methods, "--epochs",
+             str(args.map_epochs), "--threads", str(args.threads), "--in-process"])
+        res = json.loads((wd / "results.json").read_text())
+        codes = work / data.name / "codes-bfloat16"
+        codes.mkdir(exist_ok=True)
+        for key in sorted(res["evals"]):
+            method_bits, level = key.rsplit("/", 1)
+            method, bits = method_bits.split("/")
+            q, db = codes / f"{method}{bits}_query.h5", codes / f"{method}{bits}_database.h5"
+            if not q.is_file():
+                if method in ("lsh", "itq"):
+                    run([*py, "benchmarks.baselines", "--method", method, "--bits", bits, "--seed", "1", "--train",
+                         str(feats["float32"] / f"{fit_split}.h5"), "--encode", str(feats["bfloat16"] / "query.h5"),
+                         "-o", str(q), "--encode", str(feats["bfloat16"] / "database.h5"), "-o", str(db)])
+                else:
+                    model = wd / "models" / f"{method}{bits}.pt"
+                    for split, out in (("query", q), ("database", db)):
+                        run([*py, "s5vh_cli", "encode", str(model), str(feats["bfloat16"] / f"{split}.h5"), "-o",
+                             str(out), "--threads", str(args.threads), "--quiet"])
+            lab = data / "labels"
+            ev = json.loads(run([*py, "s5vh_cli", "eval", str(q), "--labels", str(lab / f"query_{level}.h5"),
+                                 "--database", str(db), "--db-labels", str(lab / f"database_{level}.h5"), "--k",
+                                 "5,20,100", "--no-full-map", "--json"]).strip().splitlines()[-1])
+            a = res["evals"][key]["map_at_k"]
             for k in a:
-                if k in b:
-                    rows.append((data.name, key, k, a[k], b[k]))
-    print(f"\nretrieval mAP@K with features extracted at float32 and bfloat16 ({args.map_runtime}); "
-          f"{args.map_epochs} epochs")
+                rows.append((data.name, key, k, a[k], ev["map_at_k"][k]))
+    print(f"\nretrieval mAP@K, query and database features at float32 and bfloat16 ({args.map_runtime}); "
+          f"encoders fitted on float32 features ({args.map_epochs} epochs)")
     print("| dataset | method/bits/level | K | float32 | bfloat16 | difference |")
     print("|---|---|---:|---:|---:|---:|")
     for name, key, k, a, b in rows:
         print(f"| {name} | {key} | {k} | {a:.4f} | {b:.4f} | {b - a:+.4f} |")
-    for (name, prec), v in sorted(speeds.items()):
-        print(f"  extract {name} at {prec}: {v:.1f} frames/s")
+    for (name, prec), (n, t) in sorted(speeds.items()):
+        print(f"  extract {name} at {prec}: {n / t:.1f} frames/s (this run's new extractions)")
 
 
 def main() -> None:
