@@ -160,6 +160,9 @@ class ExtractConfig:
     sampling: str = "uniform"  # "uniform" (T frames spread over the video) or "fps=RATE" (first T at RATE/s)
     batch_size: int = 32  # frames per forward pass
     dtype: str = "float32"  # stored feature dtype: float32 or float16
+    runtime: str = "auto"  # backbone runtime: auto, torch, onnxruntime, openvino (s5vh_cli/runtimes)
+    precision: str = "auto"  # compute precision: auto (float32 on CPU, float16 on CUDA), float32, bfloat16, float16
+    decoder: str = "auto"  # video decoder: auto (PyAV when installed, else OpenCV), pyav, opencv
 
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

@@ -8,9 +8,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import artifacts
+from . import artifacts, checkpoint
 from .artifacts import Codes
-from .checkpoint import load_model
 from .device import describe_device, resolve_device
 from .errors import InputError, MismatchError
 from .progress import NULL, Progress
@@ -60,7 +59,7 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
     artifacts.check_not_input(out_path, {"model": model_path, "features": features_path})
     dev = resolve_device(device)
     features = artifacts.read_features(features_path)  # first: a bad features file is refused before any model work
-    model, meta = load_model(model_path, device="cpu")
+    model, meta = checkpoint.load_model(model_path, device="cpu")
     cfg = model.cfg
     backend_why = "transformer encoder: no selective scan"
     if cfg.encoder == "mamba":

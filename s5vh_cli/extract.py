@@ -23,7 +23,6 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -156,6 +155,7 @@ def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
+    _video.DECODE_THREADS = 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
     _die_with_parent()
 
@@ -191,9 +191,9 @@ def file_records(path: str) -> dict[str, Any]:
 
 
 def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int,
-                records: bool = True) -> tuple[str, Any]:
+                decoder: str = "auto", records: bool = True) -> tuple[str, Any]:
     try:
-        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize)
+        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize, decoder=decoder)
         if records:
             clip.file = file_records(path)
         return "ok", clip
@@ -214,7 +214,7 @@ def _reason(msg: str, path: str) -> str:
 def _decoded(jobs: list[tuple[str, str]], cfg: ExtractConfig, size: int, resize: int,
              workers: int) -> Iterator[tuple[str, str, str, Any]]:
     """Yield (id, path, "ok"|"err", Clip|reason) in input order, decoding ``workers`` videos at a time."""
-    args = (cfg.frames, cfg.sampling, size, resize)
+    args = (cfg.frames, cfg.sampling, size, resize, cfg.decoder)
     if workers <= 0:
         for vid, path in jobs:
             yield (vid, path, *_decode_job(path, *args))
@@ -385,7 +385,9 @@ def _finished_ids(out: Path, settings: dict[str, Any]) -> set[str]:
         return set(h5["ids"].asstr()[()]) if "ids" in h5 else set()
 
 
-_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess")
+_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess",
+                 "precision")
+_OPTIONAL_KEYS = {"precision"}  # absent from files made before it was recorded: not compared then
 _META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices", "width", "height",
               "file_size", "file_mtime_ns", "file_sha256")
 
@@ -408,6 +410,8 @@ def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> No
             a = a.item()
         if isinstance(a, bytes):
             a = a.decode()
+        if a is None and k in _OPTIONAL_KEYS:
+            continue
         if a != b:
             diff.append(f"{k} {a!r} vs {b!r}")
     if diff:
@@ -425,7 +429,8 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
         with h5py.File(tmp, "w") as h5:
             set_provenance(h5, "features", prov)
             for k in _SETTING_KEYS:
-                h5.attrs[k] = s[k]
+                if s.get(k) is not None:
+                    h5.attrs[k] = s[k]
             h5.attrs["weights_file"] = s.get("weights_file", "")
             feats = h5.create_dataset("feats", shape=(n, t, d), dtype=dtype, chunks=(1, t, d))
             ids = h5.create_dataset("ids", shape=(n,), dtype=STR)
@@ -460,6 +465,7 @@ class ExtractResult:
     seconds: float = 0.0
     device: str = ""
     weights: str = ""
+    runtime: str = ""  # e.g. "openvino 2026.4.1 on cpu, float32, 2 thread(s)"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -472,19 +478,17 @@ def preprocess_string(size: int, resize: int) -> str:
     return f"shorter_side={resize},center_crop={size},cv2_area_down_linear_up,rgb,imagenet_mean_std"
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(runtime: str = "torch") -> int:
+    """Decode processes when --workers is not given. With torch on the CPU one core is left to its OpenMP
+    pool, which collapses when it shares cores; the other runtimes cost a fraction of a core per video next to
+    decoding, so every core decodes (docs/extract.md, "Speed")."""
+    cores = os.cpu_count() or 2
+    return max(1, min(8, cores - 1 if runtime == "torch" else cores))
 
 
-def _embed(model, clips: list[Any], device) -> np.ndarray:
-    """Features of the frames of ``clips`` in one forward pass: float32 [sum T, D]."""
-    import torch
-
-    x = torch.from_numpy(np.concatenate([c.frames for c in clips]))
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    with torch.inference_mode():
-        return model(x).float().cpu().numpy()
+def _embed(embedder, clips: list[Any]) -> np.ndarray:
+    """Features of the frames of ``clips`` in one batch: float32 [sum T, D] (``runtimes.Embedder.embed``)."""
+    return embedder.embed(np.concatenate([c.frames for c in clips]))
 
 
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
@@ -505,10 +509,8 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     Raises VideoError when no video at all could be extracted (with ``allow_empty``, returns a result with no
     videos and the failures, writing nothing); individual failures are recorded, not raised.
     """
-    import torch
-
-    from .backbones import create_backbone, get_spec
-    from .device import describe_device, resolve_device
+    from .backbones import get_spec
+    from .runtimes import load_embedder
 
     cfg = config or ExtractConfig()
     spec = get_spec(cfg.backbone)
@@ -532,18 +534,23 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         progress.log(f"skipped {ignored} file(s) without a video extension in the input folder(s)")
     if not items:
         raise InputError(f"no videos found in {', '.join(inputs)}")
+    _video.check_decoder(cfg.decoder)
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model = create_backbone(cfg.backbone, weights, dev)
-    workers = default_workers() if workers is None else workers
+    model, choice = load_embedder(cfg.backbone, weights, runtime=cfg.runtime, precision=cfg.precision,
+                                  device=device, threads=threads, batch_size=cfg.batch_size)
+    for note in model.notes:
+        progress.log(note)
+    workers = default_workers(model.runtime if model.device == "cpu" else "torch") if workers is None else workers
     progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on "
-                 f"{describe_device(dev)}; {workers} decode worker(s)")
+                 f"{model.describe()} ({choice.reason}); {workers} decode worker(s)")
     settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": str(sampling),
                 "frames": cfg.frames, "feature_dim": spec.feature_dim, "dtype": cfg.dtype,
-                "preprocess": preprocess_string(spec.input_size, spec.resize),
+                "preprocess": preprocess_string(spec.input_size, spec.resize), "precision": model.precision,
                 "weights_file": os.path.basename(model.weights_path)}
-    run_cfg = asdict(cfg) | {"sampling": str(sampling)}
+    run_cfg = asdict(cfg) | {"sampling": str(sampling)} | model.record()
     prov = provenance("extract", run_cfg | {"preprocess": settings["preprocess"]}, {"backbone": model.weights_sha256})
     t0 = time.perf_counter()
     with output_lock(out, wait=False), _journal_errors(out):
@@ -553,21 +560,22 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             if all(v in done_ids for v, _ in items):  # nothing new: leave the output as it is
                 progress.log(f"{out}: all {len(items)} video(s) already extracted")
                 return ExtractResult(out=str(out), videos=len(done_ids), extracted=0, skipped=len(items),
-                                     device=describe_device(dev), weights=model.weights_path, notes=notes)
+                                     device=model.device, weights=model.weights_path, runtime=model.describe(),
+                                     notes=notes)
         j = _open_journal(out, settings, progress)
         try:
             done = {head["id"] for head, _ in j.rows}
             todo = [(v, p) for v, p in items if v not in done]
             skipped = len(items) - len(todo)
-            extracted, frames_done = _run(j, todo, cfg, spec, model, dev, workers, progress)
+            extracted, frames_done = _run(j, todo, cfg, spec, model, workers, progress)
             elapsed = time.perf_counter() - t0
             if not j.rows:
                 j.f.close()
                 j.path.unlink(missing_ok=True)
                 if allow_empty:
                     return ExtractResult(out=str(out), videos=0, extracted=0, skipped=skipped,
-                                         failed=list(j.failures), seconds=elapsed, device=describe_device(dev),
-                                         weights=model.weights_path)
+                                         failed=list(j.failures), seconds=elapsed, device=model.device,
+                                         weights=model.weights_path, runtime=model.describe(), notes=notes)
                 first = j.failures[0] if j.failures else ("", "no input")
                 raise VideoError(f"no video could be extracted: {len(j.failures)} failed "
                                  f"(first: {display_path(first[0])}: {first[1]})")
@@ -581,7 +589,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     return ExtractResult(out=str(out), videos=len(j.rows), extracted=extracted, skipped=skipped,
                          failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
                          videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
-                         device=describe_device(dev), weights=model.weights_path, notes=notes)
+                         device=model.device, weights=model.weights_path, runtime=model.describe(), notes=notes)
 
 
 @contextlib.contextmanager
@@ -596,7 +604,7 @@ def _journal_errors(out: Path) -> Iterator[None]:
         raise InputError(f"{part}: {why}; videos already done are kept there, rerun to resume") from None
 
 
-def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, model, dev, workers: int,
+def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, model, workers: int,
          progress: Progress) -> tuple[int, int]:
     dtype = np.dtype(cfg.dtype)
     progress.start("extract", total=len(todo))
@@ -608,7 +616,7 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, mod
         nonlocal extracted, frames_done
         if not batch:
             return
-        feats = _embed(model, [c for _, c in batch], dev)
+        feats = _embed(model, [c for _, c in batch])
         t = cfg.frames
         for k, (vid, clip) in enumerate(batch):
             j.add_video(_row_head(vid, clip), feats[k * t:(k + 1) * t].astype(dtype))
@@ -641,32 +649,29 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, mod
 # ----------------------------------------------------------------------------------------------------------
 # for the query pipeline
 # ----------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=2)
-def _cached_backbone(name: str, weights: str | None, device: str):
-    from .backbones import create_backbone
-    from .device import resolve_device
-
-    dev = resolve_device(device)
-    return create_backbone(name, weights, dev), dev
-
-
 def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str, weights: str | None = None,
-                  device: str = "auto", batch_size: int = 32,
+                  device: str = "auto", batch_size: int = 32, runtime: str = "auto", precision: str = "auto",
+                  decoder: str = "auto", threads: int | None = None,
                   progress: Progress | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Features of a few clips with exactly the sampling and preprocessing a features artifact records.
 
     ``sampling`` is the artifact's ``sampling`` attribute ("uniform" or "fps=RATE"). Returns float32
     [n, frames, D] and one dict per clip (path, duration, fps, frame_count, valid_frames, frame_times,
-    frame_indices, backbone_sha256). Raises VideoError naming the first clip that cannot be decoded.
+    frame_indices, backbone_sha256, runtime, runtime_version, precision). The backbone runs in the runtime
+    that ``extract`` uses (``runtimes.load_embedder``, loaded once per process). Raises VideoError naming the
+    first clip that cannot be decoded.
     """
     from .backbones import get_spec
+    from .runtimes import load_embedder
 
     progress = progress or NULL
     spec = get_spec(backbone)
     samp = _video.parse_sampling(sampling)
     if frames < 1:
         raise InputError(f"frames must be at least 1, got {frames}")
-    model, dev = _cached_backbone(backbone, None if weights is None else str(weights), device)
+    _video.check_decoder(decoder)
+    model, _ = load_embedder(backbone, weights, runtime=runtime, precision=precision, device=device,
+                             threads=threads, batch_size=batch_size)
     progress.start("extract clips", total=len(paths))
     feats = np.zeros((len(paths), frames, spec.feature_dim), np.float32)
     infos: list[dict[str, Any]] = []
@@ -674,7 +679,7 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
 
     def flush() -> None:
         if pending:
-            f = _embed(model, [c for _, c in pending], dev)
+            f = _embed(model, [c for _, c in pending])
             for k, (i, _) in enumerate(pending):
                 feats[i] = f[k * frames:(k + 1) * frames]
             progress.advance(len(pending))
@@ -682,10 +687,12 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
 
     try:
         for i, p in enumerate(paths):
-            clip = _video.read_frames(str(p), frames, samp, size=spec.input_size, resize=spec.resize)
+            clip = _video.read_frames(str(p), frames, samp, size=spec.input_size, resize=spec.resize,
+                                      decoder=decoder)
             head = _row_head(str(p), clip)
             head["path"] = str(p)
             head["backbone_sha256"] = model.weights_sha256
+            head |= model.record()
             head["notes"] = clip.notes
             infos.append(head)
             pending.append((i, clip))

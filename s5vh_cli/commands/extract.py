@@ -33,7 +33,15 @@ def extract_command(
     dtype: str = typer.Option("float32", "--dtype", help="Stored feature type: float32 or float16."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any video fails (the output is still "
                                 "written with the others)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch inference."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference [default: all cores]."),
+    runtime: str = typer.Option("auto", "--runtime", help="Backbone runtime: auto (the fastest installed, measured "
+                                "once per machine; torch on a GPU), torch, onnxruntime or openvino (extras "
+                                "s5vh[onnxruntime], s5vh[openvino])."),
+    precision: str = typer.Option("auto", "--precision", help="Compute precision: auto (float32 on CPU, float16 "
+                                  "on GPU), float32, bfloat16 (faster on CPUs with bf16, other features) or "
+                                  "float16 (GPU)."),
+    decoder: str = typer.Option("auto", "--decoder", help="Video decoder: auto (PyAV when installed), pyav or "
+                                "opencv; both give the same frames."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -42,6 +50,9 @@ def extract_command(
     Rerunning on the same OUTPUT skips videos already done; an interrupted run resumes from OUTPUT.partial.
     Unreadable, corrupt or non-video files are reported, recorded in the output and skipped: the exit code is
     non-zero only when nothing could be extracted, or with --strict."""
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads: torch's spinning OpenMP pool collapses on shared cores
     from ..config import ExtractConfig
     from ..errors import InputError, VideoError
     from ..extract import extract
@@ -59,7 +70,7 @@ def extract_command(
     if dtype not in ("float32", "float16"):
         raise InputError(f"--dtype must be float32 or float16, got {dtype!r}")
     cfg = ExtractConfig(backbone=backbone, frames=frames, sampling="uniform" if fps is None else f"fps={fps:g}",
-                        batch_size=batch_size, dtype=dtype)
+                        batch_size=batch_size, dtype=dtype, runtime=runtime, precision=precision, decoder=decoder)
     sink = RichProgressSink(quiet=quiet)
     result = extract(inputs, output, config=cfg, weights=None if weights is None else str(weights), device=device,
                      workers=workers, threads=threads, progress=sink)
@@ -69,7 +80,7 @@ def extract_command(
         console.print(printable(f"{result.out}: {result.videos} video(s) x {frames} frames; {result.extracted} extracted "
                       f"now, {result.skipped} already done, {len(result.failed)} failed; "
                       f"{result.frames_per_s:.1f} frames/s, {result.videos_per_s:.2f} videos/s "
-                      f"({result.seconds:.1f} s on {result.device})"), highlight=False, markup=False)
+                      f"({result.seconds:.1f} s; {result.runtime})"), highlight=False, markup=False)
         for p, reason in result.failed:
             console.print(f"  failed: {printable(p)}: {printable(reason)}", highlight=False, markup=False)
     if strict and result.failed:
