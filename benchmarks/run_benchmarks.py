@@ -44,16 +44,44 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("lsh", "itq", "s5vh_paper", "s5vh_released", "transformer", "videohash")
-DEFAULT_METHODS = METHODS[:5]
-LEARNT = {  # method -> extra `s5vh train` options
-    "s5vh_paper": ["--behaviour", "paper"],
-    "s5vh_released": ["--behaviour", "released"],
-    "transformer": ["--behaviour", "paper", "--encoder", "transformer"],
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the tables. Adding a method is one entry in REGISTRY.
+
+    kind: ``baseline`` (benchmarks.baselines on mean features), ``videohash`` (benchmarks.baselines from the
+    video files), ``learnt`` (``s5vh train`` + ``s5vh encode``), ``float`` (the features themselves, ranked by
+    cosine of their mean; no bits, one row).
+    """
+
+    label: str
+    kind: str
+    train: tuple[str, ...] = ()  # extra `s5vh train` options (learnt)
+    encode: tuple[str, ...] = ()  # extra `s5vh encode` options (learnt)
+    run_settings: bool = True  # learnt: pass the run's --preset/--epochs/--batch-size; False = the CLI's defaults
+    default: bool = True  # in the default --methods
+
+
+REGISTRY = {
+    "lsh": Method("LSH (mean features)", "baseline"),
+    "itq": Method("ITQ (mean features)", "baseline"),
+    "s5vh_paper": Method("S5VH, paper", "learnt", ("--behaviour", "paper")),
+    "s5vh_released": Method("S5VH, released options", "learnt", ("--behaviour", "released")),
+    "transformer": Method("Transformer encoder, same training", "learnt",
+                          ("--behaviour", "paper", "--encoder", "transformer")),
+    "videohash": Method("videohash 3.0.1 (from the files)", "videohash", default=False),
+    "cosine": Method("float cosine (mean features, no bits)", "float", default=False),
+    "s5vh_defaults": Method("S5VH as published, `s5vh train` defaults", "learnt", ("--behaviour", "paper"),
+                            run_settings=False, default=False),
 }
-SPLITS = ("train", "query", "database")
+METHODS = tuple(REGISTRY)
+DEFAULT_METHODS = tuple(m for m, spec in REGISTRY.items() if spec.default)
+LEARNT = {m: list(spec.train) for m, spec in REGISTRY.items() if spec.kind == "learnt"}
+NAMES = {m: spec.label for m, spec in REGISTRY.items()}
+SPLITS = ("train", "query", "database", "long", "partial")  # long/partial: the copy benchmark's partial copies
 TINY = {"preset": "demo", "epochs": 1, "bits": "16", "batch_size": 16, "ks": "5,20"}
 
 
@@ -95,6 +123,10 @@ def _run_in_process(cmd: list[str]) -> tuple[int, str, str]:
         from benchmarks import baselines
 
         entry, argv = baselines.main, cmd[3:]
+    elif cmd[1:3] == ["-m", "benchmarks.copy_eval"]:
+        from benchmarks import copy_eval
+
+        entry, argv = copy_eval.main, cmd[3:]
     else:
         from s5vh_cli import cli
 
@@ -192,7 +224,9 @@ class Bench:
                                      "python -m benchmarks.datasets.fmnist_temporal or .copy_detection)")
         # no train/ split (copy_detection): fit on the database videos, without their labels
         self.train_split = "train" if (self.data / "train").is_dir() else "database"
-        self.splits = [s for s in SPLITS if s != "train" or self.train_split == "train"]
+        self.splits = [s for s in SPLITS if s in ("query", "database") or (self.data / s).is_dir()]
+        # the grown copy benchmark (benchmarks.datasets.copy_detection, version 2): scored by benchmarks.copy_eval
+        self.copy = (self.data / "partial_truth.csv").is_file()
         found = sorted(p.name[len("query_"):-len(".h5")] for p in (self.data / "labels").glob("query_*.h5"))
         if a.levels:
             self.levels = [v.strip() for v in a.levels.split(",") if v.strip()]
@@ -241,6 +275,8 @@ class Bench:
         if split == "train":
             return
         lab = self.data / "labels" / f"{split}_{self.levels[0]}.h5"
+        if split in ("long", "partial"):
+            lab = self.data / "labels" / f"{split}_video.h5"
         with h5py.File(features, "r") as f, h5py.File(lab, "r") as g:
             fid = [Path(x.decode() if isinstance(x, bytes) else str(x)).name for x in f["ids"][()]]
             lid = [Path(x.decode() if isinstance(x, bytes) else str(x)).name for x in g["ids"][()]]
@@ -267,8 +303,11 @@ class Bench:
         self.step("centers", [out], [cmd])
         return out
 
+    def eval_splits(self) -> list[str]:
+        return [s for s in self.splits if s != "train"]
+
     def baseline(self, method: str, bits: int, feats: dict[str, Path]) -> dict[str, Path] | None:
-        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in ("query", "database")}
+        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in self.eval_splits()}
         codes["query"].parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.baselines", "--method", method, "--bits", str(bits),
                "--seed", str(self.a.seed)]
@@ -276,7 +315,7 @@ class Bench:
             if bits != 64:
                 return self.skip(method, bits, "videohash makes 64-bit hashes only")
             cmd += ["--videohash-python", self.a.videohash_python]
-            for s in ("query", "database"):
+            for s in self.eval_splits():
                 cmd += ["--videos", str(self.data / s), "-o", str(codes[s])]
         else:
             n_fit = self._n_videos(feats["fit"])
@@ -284,7 +323,7 @@ class Bench:
                 return self.skip(method, bits, f"ITQ needs at least {bits} training videos, the {self.train_split} "
                                                f"split has {n_fit}")
             cmd += ["--train", str(feats["fit"])]
-            for s in ("query", "database"):
+            for s in self.eval_splits():
                 cmd += ["--encode", str(feats[s]), "-o", str(codes[s])]
         self.step(f"fit/{method}/{bits}", list(codes.values()), [cmd])
         return codes
@@ -305,22 +344,26 @@ class Bench:
     def learnt(self, method: str, bits: int, feats: dict[str, Path], centers: Path) -> dict[str, Path]:
         model = self.work / "models" / f"{method}{bits}.pt"
         model.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [*self.s5vh, "train", str(feats["fit"]), "--centers", str(centers), "-o", str(model),
-               "--bits", str(bits), "--preset", self.a.preset, *LEARNT[method], "--seed", str(self.a.seed),
-               *self._threads()]
-        if self.a.epochs:
-            cmd += ["--epochs", str(self.a.epochs)]
-        if self.a.batch_size:
-            cmd += ["--batch-size", str(self.a.batch_size)]
+        spec = REGISTRY[method]
+        cmd = [*self.s5vh, "train", str(feats["fit"]), "-o", str(model), "--bits", str(bits), *spec.train,
+               "--seed", str(self.a.seed), *self._threads()]
+        if spec.run_settings:  # else the CLI's own defaults (it computes its centres in-process, same rule)
+            cmd += ["--centers", str(centers), "--preset", self.a.preset]
+            if self.a.epochs:
+                cmd += ["--epochs", str(self.a.epochs)]
+            if self.a.batch_size:
+                cmd += ["--batch-size", str(self.a.batch_size)]
         self.step(f"fit/{method}/{bits}", [model], [cmd])
-        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in ("query", "database")}
+        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in self.eval_splits()}
         codes["query"].parent.mkdir(parents=True, exist_ok=True)
-        cmds = [[*self.s5vh, "encode", str(model), str(feats[s]), "-o", str(codes[s]), "-q", *self._threads()]
-                for s in ("query", "database")]
+        cmds = [[*self.s5vh, "encode", str(model), str(feats[s]), "-o", str(codes[s]), "-q", *spec.encode,
+                 *self._threads()] for s in self.eval_splits()]
         self.step(f"encode/{method}/{bits}", list(codes.values()), cmds)
         return codes
 
     def evaluate(self, method: str, bits: int, codes: dict[str, Path]) -> None:
+        if self.copy:
+            return self.evaluate_copy(method, bits, codes)
         for level in self.levels:
             key = f"{method}/{bits}/{level}"
             if key in self.res["evals"] and not self.a.force and key in self.res["steps"]:
@@ -337,10 +380,29 @@ class Bench:
             rec["stdout"] = []  # the PR curve is not needed twice
             self.save()
 
+    def evaluate_copy(self, method: str, bits: int, codes: dict[str, Path]) -> None:
+        """benchmarks.copy_eval: top-1, mAP@K per level, per-transform breakdown, partial copies."""
+        key = f"{method}/{bits}/copy"
+        out = self.work / "scores" / f"{method}{bits}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "benchmarks.copy_eval", "--data", str(self.data), "--query", str(codes["query"]),
+               "--database", str(codes["database"]), "--ks", ",".join(map(str, self.ks)), "-o", str(out)]
+        if "partial" in codes and "long" in codes:
+            cmd += ["--partial", str(codes["partial"]), "--long", str(codes["long"])]
+        self.step(key, [out], [cmd])
+        doc = json.loads(out.read_text())
+        self.res["evals"][key] = doc
+        for level, maps in doc["segments"]["map"].items():  # the mAP@K tables every dataset has
+            self.res["evals"][f"{method}/{bits}/{level}"] = {"map_at_k": {k: v["mean"] for k, v in maps.items()},
+                                                             "n_query": doc["segments"]["top1"]["n"]}
+        self.save()
+
     def rows(self) -> list[dict]:
         rows = []
         for bits in getattr(self, "bits", []):
             for method in getattr(self, "methods", []):
+                if REGISTRY[method].kind == "float" and bits != self.bits[0]:
+                    continue  # no code length: one row
                 fit = self.res["steps"].get(f"fit/{method}/{bits}")
                 enc = self.res["steps"].get(f"encode/{method}/{bits}")
                 row = {"method": method, "bits": bits,
@@ -355,6 +417,10 @@ class Bench:
                     ev = self.res["evals"].get(f"{method}/{bits}/{level}")
                     if ev:
                         row["map"][level] = ev["map_at_k"]
+                if f"{method}/{bits}/copy" in self.res["evals"]:
+                    row["copy"] = self.res["evals"][f"{method}/{bits}/copy"]
+                if REGISTRY[method].kind == "float":
+                    row["bits"] = None
                 rows.append(row)
         return rows
 
@@ -364,8 +430,13 @@ class Bench:
         centers = None
         for bits in self.bits:
             for method in self.methods:
-                if method in LEARNT:
-                    if centers is None:
+                kind = REGISTRY[method].kind
+                if kind == "float":
+                    if bits != self.bits[0]:
+                        continue
+                    codes = {s: feats[s] for s in self.eval_splits()}  # copy_eval ranks features by cosine
+                elif kind == "learnt":
+                    if centers is None and REGISTRY[method].run_settings:
                         centers = self.centers(feats["fit"])
                     codes = self.learnt(method, bits, feats, centers)
                 else:
@@ -394,14 +465,73 @@ def _median_epoch_seconds(run_dir: Path) -> float | None:
     return round(times[len(times) // 2], 2) if times else None
 
 
-NAMES = {"lsh": "LSH (mean features)", "itq": "ITQ (mean features)", "s5vh_paper": "S5VH, paper",
-         "s5vh_released": "S5VH, released options", "transformer": "Transformer encoder, same training",
-         "videohash": "videohash 3.0.1 (from the files)"}
+def _seconds(r: dict) -> tuple[str, str, str]:
+    """(train s, s/epoch, encode s) cells of a row."""
+    if REGISTRY.get(r["method"], Method("", "")).kind == "float":
+        return "-", "-", "-"
+    t = "" if r["train_s"] is None else f"{r['train_s']:.1f}"
+    if r["train_loop_s"] is not None:
+        t += f" ({r['train_loop_s']:.1f})"
+    e = "-" if r["method"] in ("lsh", "itq", "videohash") and r["train_s"] is not None else (
+        "" if r["encode_s"] is None else f"{r['encode_s']:.1f}")
+    ep = "-" if r.get("epoch_s") is None else f"{r['epoch_s']:.1f}"
+    return t, ep, e
+
+
+def _pm(v: dict | str | None, digits: int = 3) -> str:
+    """'mean ± se' of a copy_eval statistic."""
+    if not isinstance(v, dict) or v.get("mean") is None:
+        return v if isinstance(v, str) else "not run"
+    se = v.get("se")
+    return f"{v['mean']:.{digits}f} ± {se:.{digits}f}" if se is not None and math.isfinite(se) else \
+        f"{v['mean']:.{digits}f}"
+
+
+def copy_markdown(rows: list[dict], ks: list[int]) -> str:
+    """The copy benchmark's tables: headline scores per method and bit length, then top-1 per copy kind."""
+    done = [r for r in rows if r.get("copy")]
+    if not done:
+        return ""
+    k2 = next((k for k in ks if k > 1), ks[-1])
+    out = ["**Copy detection** (mean ± standard error over queries):\n",
+           f"| method | bits | exact top-1 | exact mAP@{k2} | same_shot mAP@1 | same_shot mAP@{k2} | partial: source "
+           "at rank 1 | partial: range ± 1 s | train s | encode s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in done:
+        seg, part = r["copy"]["segments"], r["copy"].get("partial", {})
+        mp = seg["map"]
+        t, _, e = _seconds(r)
+        out.append("| " + " | ".join([
+            NAMES.get(r["method"], r["method"]), "-" if r["bits"] is None else str(r["bits"]), _pm(seg["top1"]),
+            _pm(mp.get("exact", {}).get(str(k2))), _pm(mp.get("same_shot", {}).get("1")),
+            _pm(mp.get("same_shot", {}).get(str(k2))), _pm(part.get("top1")), _pm(part.get("time_range", "n/a")),
+            t, e]) + " |")
+    longest = max((r["bits"] or 0) for r in done)
+    cols = [r for r in done if r["bits"] in (longest, None)]
+    kinds = list(dict.fromkeys(k for r in cols for k in r["copy"]["segments"]["per_transform"]))
+    try:  # the builder's order: singles, pairs, natural kinds
+        from benchmarks.datasets.copy_detection import KINDS
+
+        kinds.sort(key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
+    except ImportError:
+        pass
+    out += ["", f"**Exact top-1 per copy kind** ({longest} bits; float cosine has no bits):\n",
+            "| kind | n | " + " | ".join(NAMES.get(r["method"], r["method"]) for r in cols) + " |",
+            "|---|---:|" + "---:|" * len(cols)]
+    fam = [("all singles", "single"), ("all pairs", "pair"), ("all natural", "natural")]
+    for label, key, where in [(k, k, "per_transform") for k in kinds] + [(a, b, "per_family") for a, b in fam]:
+        cells = [r["copy"]["segments"][where].get(key, {}).get("top1") for r in cols]
+        n = next((c["n"] for c in cells if c), 0)
+        out.append(f"| {label} | {n} | " + " | ".join(_pm(c, 2) for c in cells) + " |")
+    return "\n".join(out)
 
 
 def markdown(rows: list[dict], ks: list[int], levels: list[str], meta: dict) -> str:
     """One table per label level: mAP@K per method and bit length, with train and encode seconds."""
     out = []
+    copy = copy_markdown(rows, ks)
+    if copy:
+        out += [copy, ""]
     for level in levels:
         out.append(f"**{level}** relevance (query vs database):\n")
         head = ["method", "bits", *[f"mAP@{k}" for k in ks], "train s", "s/epoch", "encode s"]
@@ -411,21 +541,16 @@ def markdown(rows: list[dict], ks: list[int], levels: list[str], meta: dict) -> 
             m = r["map"].get(level)
             missing = "n/a" if r.get("skipped") else "not run"
             cells = [f"{m[str(k)]:.4f}" if m and str(k) in m else missing for k in ks]
-            t = "" if r["train_s"] is None else f"{r['train_s']:.1f}"
-            if r["train_loop_s"] is not None:
-                t += f" ({r['train_loop_s']:.1f})"
-            e = "-" if r["method"] in ("lsh", "itq", "videohash") and r["train_s"] is not None else (
-                "" if r["encode_s"] is None else f"{r['encode_s']:.1f}")
-            ep = "-" if r.get("epoch_s") is None else f"{r['epoch_s']:.1f}"
-            out.append("| " + " | ".join([NAMES.get(r["method"], r["method"]), str(r["bits"]), *cells, t, ep, e])
-                       + " |")
+            t, ep, e = _seconds(r)
+            bits = "-" if r["bits"] is None else str(r["bits"])
+            out.append("| " + " | ".join([NAMES.get(r["method"], r["method"]), bits, *cells, t, ep, e]) + " |")
         out.append("")
     for r in rows:
         if r.get("skipped"):
             out.append(f"n/a: {NAMES.get(r['method'], r['method'])}, {r['bits']} bits: {r['skipped']}.")
     out.append("train s: wall seconds of the fit command (in brackets: the training loop as `s5vh train` reports "
-               "it); baselines fit and encode in one command. s/epoch: median epoch of the training loop. encode s: wall seconds of the two `s5vh encode` "
-               f"runs (query + database). Preset {meta['preset']}, epochs {meta['epochs'] or 'preset'}, "
+               "it); baselines fit and encode in one command. s/epoch: median epoch of the training loop. encode s: wall seconds of the `s5vh encode` "
+               f"runs (one per evaluated split). Preset {meta['preset']}, epochs {meta['epochs'] or 'preset'}, "
                f"threads {meta['threads'] or 'default'}; "
                + ("commands run in-process (no start-up in the seconds)." if meta.get("in_process") else
                   "each command a subprocess (start-up included)."))
