@@ -321,9 +321,9 @@ class Bench:
         if method == "videohash":
             if bits != 64:
                 return self.skip(method, bits, "videohash makes 64-bit hashes only")
-            cmd += ["--videohash-python", self.a.videohash_python]
+            cmd += ["--videohash-python", self.a.videohash_python, "--workers", str(self.a.videohash_workers)]
             for s in self.eval_splits():
-                cmd += ["--videos", str(self.data / s), "-o", str(codes[s])]
+                cmd += ["--videos", str(self.videohash_folder(s)), "-o", str(codes[s])]
         else:
             n_fit = self._n_videos(feats["fit"])
             if method == "itq" and n_fit < bits:
@@ -334,6 +334,31 @@ class Bench:
                 cmd += ["--encode", str(feats[s]), "-o", str(codes[s])]
         self.step(f"fit/{method}/{bits}", list(codes.values()), [cmd])
         return codes
+
+    def videohash_folder(self, split: str) -> Path:
+        """The split's folder, or with --videohash-per-kind N a folder of links to N seeded queries per copy kind
+        (videohash reads every file through ffmpeg: seconds per clip)."""
+        n = self.a.videohash_per_kind
+        if split != "query" or not n:
+            return self.data / split
+        import random
+
+        from benchmarks.datasets import read_manifest
+
+        by_kind: dict[str, list[str]] = {}
+        for r in read_manifest(self.data):
+            if r["split"] == "query":
+                by_kind.setdefault(r["transform"], []).append(r["path"])
+        rng = random.Random(self.a.seed)
+        chosen = sorted(p for k in sorted(by_kind) for p in rng.sample(sorted(by_kind[k]), min(n, len(by_kind[k]))))
+        folder = self.work / f"videohash_query_{n}_per_kind"
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in chosen:
+            link = folder / Path(p).name
+            if not link.exists():
+                link.symlink_to((self.data / p).resolve())
+        self.res["videohash_queries"] = {"per_kind": n, "n": len(chosen), "folder": str(folder)}
+        return folder
 
     def skip(self, method: str, bits: int, why: str) -> None:
         self.log(f"# {method}/{bits}: not applicable: {why}")
@@ -348,7 +373,8 @@ class Bench:
         with h5py.File(path, "r") as f:
             return int(f["feats"].shape[0])
 
-    def learnt(self, method: str, bits: int, feats: dict[str, Path], centers: Path) -> dict[str, Path]:
+    def learnt(self, method: str, bits: int, feats: dict[str, Path], centers: Path | None,
+               encode: bool = True) -> dict[str, Path] | None:
         model = self.work / "models" / f"{method}{bits}.pt"
         model.parent.mkdir(parents=True, exist_ok=True)
         spec = REGISTRY[method]
@@ -361,6 +387,8 @@ class Bench:
             if self.a.batch_size:
                 cmd += ["--batch-size", str(self.a.batch_size)]
         self.step(f"fit/{method}/{bits}", [model], [cmd])
+        if not encode:
+            return None
         codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in self.eval_splits()}
         codes["query"].parent.mkdir(parents=True, exist_ok=True)
         cmds = [[*self.s5vh, "encode", str(model), str(feats[s]), "-o", str(codes[s]), "-q", *spec.encode,
@@ -431,7 +459,31 @@ class Bench:
                 rows.append(row)
         return rows
 
+    def fit_only(self) -> list[dict]:
+        """Train the learnt methods on the fit split alone (recorded steps that a later full run reuses), so
+        that training can start while the other splits are still being extracted."""
+        self.prepare()
+        if not self.a.features:
+            raise BenchmarkError("--fit-only needs --features (a folder holding the fit split's <split>.h5)")
+        path = Path(self.a.features) / f"{self.train_split}.h5"
+        if not path.is_file():
+            raise BenchmarkError(f"{path}: missing (--fit-only needs the {self.train_split} features)")
+        self._check_rows(path, self.train_split)
+        feats = {self.train_split: path, "fit": path}
+        centers = None
+        for bits in self.bits:
+            for method in self.methods:
+                if REGISTRY[method].kind != "learnt":
+                    continue
+                if centers is None and REGISTRY[method].run_settings:
+                    centers = self.centers(path)
+                self.learnt(method, bits, feats, centers, encode=False)
+        self.save()
+        return self.rows()
+
     def run_all(self) -> list[dict]:
+        if self.a.fit_only:
+            return self.fit_only()
         self.prepare()
         feats = self.extract()
         centers = None
@@ -582,10 +634,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--levels", help="label levels to evaluate (default: every labels/query_<level>.h5)")
     ap.add_argument("--features", help="folder with <split>.h5 features extracted before (skips extract)")
     ap.add_argument("--videohash-python", help="Python interpreter with videohash installed (--methods videohash)")
+    ap.add_argument("--videohash-workers", type=int, default=2, help="parallel videohash processes (default 2)")
+    ap.add_argument("--videohash-per-kind", type=int, default=0,
+                    help="copy benchmark: hash only this many seeded queries per copy kind (0: all)")
     ap.add_argument("--ks", default="5,20,100", help="mAP@K cut-offs (default 5,20,100)")
     ap.add_argument("--tiny", action="store_true",
                     help="smoke configuration: preset demo, 1 epoch, 16 bits, batch 16, K 5,20")
     ap.add_argument("--force", action="store_true", help="redo steps already recorded in the workdir")
+    ap.add_argument("--fit-only", action="store_true",
+                    help="only train the learnt methods on the fit split (--features); a later run reuses them")
     ap.add_argument("--in-process", action="store_true",
                     help="run the printed commands inside this interpreter (no per-command Python start; "
                          "seconds then leave out start-up and imports)")
@@ -615,6 +672,8 @@ def main(argv: list[str] | None = None) -> int:
     log(markdown(rows, bench.ks, bench.levels, {"preset": args.preset, "epochs": args.epochs,
                                                 "threads": args.threads, "in_process": args.in_process}))
     log(f"# results: {bench.results_path} and {bench.work / 'results.md'}")
+    if args.fit_only:
+        return 0
     bad = [r for r in rows for lv in bench.levels if not r.get("skipped")
            and (lv not in r["map"] or not all(math.isfinite(v) for v in r["map"][lv].values()))]
     return 1 if bad else 0
