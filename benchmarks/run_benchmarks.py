@@ -43,6 +43,7 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,6 +163,7 @@ class Bench:
         if args.threads:
             self.env["OMP_NUM_THREADS"] = str(args.threads)
         self.results_path = self.work / "results.json"
+        self.lock = threading.RLock()  # --fit-only hashes with videohash in a thread while models train
         self.res: dict = {"steps": {}, "evals": {}, "skipped": {}}
         if self.results_path.is_file() and not args.force:
             old = json.loads(self.results_path.read_text())
@@ -173,7 +175,7 @@ class Bench:
     def _threads(self) -> list[str]:
         return ["--threads", str(self.a.threads)] if self.a.threads else []
 
-    def step(self, key: str, outputs: list[Path], cmds: list[list[str]]) -> dict:
+    def step(self, key: str, outputs: list[Path], cmds: list[list[str]], in_process: bool | None = None) -> dict:
         """Run ``cmds`` unless ``key`` is recorded and its outputs exist; record commands, walls, stdouts."""
         rec = self.res["steps"].get(key)
         if rec and all(p.exists() for p in outputs) and not self.a.force:
@@ -183,15 +185,20 @@ class Bench:
             return rec
         rec = {"commands": [], "walls": [], "stdout": []}
         for cmd in cmds:
-            out, wall = run(cmd, self.env, self.log, self.a.in_process)
+            out, wall = run(cmd, self.env, self.log, self.a.in_process if in_process is None else in_process)
             rec["commands"].append(shlex.join(cmd))
             rec["walls"].append(round(wall, 3))
             rec["stdout"].append(out[-4000:])
-        self.res["steps"][key] = rec
-        self.save()
+        with self.lock:
+            self.res["steps"][key] = rec
+            self.save()
         return rec
 
     def save(self) -> None:
+        with self.lock:
+            self._save()
+
+    def _save(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         meta = {"data": str(self.data), "workdir": str(self.work), "bits": self.bits, "epochs": self.a.epochs,
                 "preset": self.a.preset, "threads": self.a.threads, "methods": self.methods,
@@ -338,7 +345,8 @@ class Bench:
             cmd += ["--train", str(feats["fit"])]
             for s in self.eval_splits():
                 cmd += ["--encode", str(feats[s]), "-o", str(codes[s])]
-        self.step(f"fit/{method}/{bits}", list(codes.values()), [cmd])
+        self.step(f"fit/{method}/{bits}", list(codes.values()), [cmd],
+                  in_process=False if method == "videohash" else None)
         return codes
 
     def videohash_folder(self, split: str) -> Path:
@@ -346,7 +354,7 @@ class Bench:
         (videohash reads every file through ffmpeg: seconds per clip)."""
         n = self.a.videohash_per_kind
         sample = self.res.get("query_sample")
-        if split != "query" or not (n or sample):
+        if split != "query" or not (n or sample or self.a.videohash_queries):
             return self.data / split
         import random
 
@@ -355,7 +363,9 @@ class Bench:
         from benchmarks.datasets import read_manifest
 
         keep = None
-        if sample:  # the same queries as the features hold
+        if self.a.videohash_queries:  # a list of query file names
+            keep = {Path(x).name for x in Path(self.a.videohash_queries).read_text().split()}
+        elif sample:  # the same queries as the features hold
             with h5py.File(sample["features"], "r") as f:
                 keep = {Path(x.decode() if isinstance(x, bytes) else str(x)).name for x in f["ids"][()]}
         by_kind: dict[str, list[str]] = {}
@@ -480,10 +490,23 @@ class Bench:
         if not self.a.features:
             raise BenchmarkError("--fit-only needs --features (a folder holding the fit split's <split>.h5)")
         path = Path(self.a.features) / f"{self.train_split}.h5"
-        if not path.is_file():
+        learnt = [m for m in self.methods if REGISTRY[m].kind == "learnt"]
+        if learnt and not path.is_file():
             raise BenchmarkError(f"{path}: missing (--fit-only needs the {self.train_split} features)")
-        self._check_rows(path, self.train_split)
+        if learnt:
+            self._check_rows(path, self.train_split)
         feats = {self.train_split: path, "fit": path}
+        failed: list[BaseException] = []
+        hasher = None
+        if "videohash" in self.methods and 64 in self.bits:  # reads the video files only: hash meanwhile
+            def hash_all() -> None:
+                try:
+                    self.baseline("videohash", 64, feats)
+                except BaseException as e:  # noqa: BLE001 - reported after the join
+                    failed.append(e)
+
+            hasher = threading.Thread(target=hash_all)
+            hasher.start()
         centers = None
         for bits in self.bits:
             for method in self.methods:
@@ -492,6 +515,10 @@ class Bench:
                 if centers is None and REGISTRY[method].run_settings:
                     centers = self.centers(path)
                 self.learnt(method, bits, feats, centers, encode=False)
+        if hasher is not None:
+            hasher.join()
+        if failed:
+            raise failed[0]
         self.save()
         return self.rows()
 
@@ -649,6 +676,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--features", help="folder with <split>.h5 features extracted before (skips extract)")
     ap.add_argument("--videohash-python", help="Python interpreter with videohash installed (--methods videohash)")
     ap.add_argument("--videohash-workers", type=int, default=2, help="parallel videohash processes (default 2)")
+    ap.add_argument("--videohash-queries", help="copy benchmark: hash only the queries named in this file")
     ap.add_argument("--videohash-per-kind", type=int, default=0,
                     help="copy benchmark: hash only this many seeded queries per copy kind (0: all)")
     ap.add_argument("--ks", default="5,20,100", help="mAP@K cut-offs (default 5,20,100)")
@@ -656,7 +684,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="smoke configuration: preset demo, 1 epoch, 16 bits, batch 16, K 5,20")
     ap.add_argument("--force", action="store_true", help="redo steps already recorded in the workdir")
     ap.add_argument("--fit-only", action="store_true",
-                    help="only train the learnt methods on the fit split (--features); a later run reuses them")
+                    help="only train the learnt methods on the fit split (--features), and hash the files with videohash "
+                         "meanwhile; a later run reuses both")
     ap.add_argument("--in-process", action="store_true",
                     help="run the printed commands inside this interpreter (no per-command Python start; "
                          "seconds then leave out start-up and imports)")

@@ -170,6 +170,46 @@ def test_given_features_in_another_order_are_refused(tiny_cd, tmp_path, capsys):
     # the untouched files are accepted as they are, with no extract step
     (given / "query.h5").write_bytes((work / "features" / "query.h5").read_bytes())
     assert run_benchmarks.main(argv2) == 0
+    # without the partial-copy splits only the segment copies are scored
+    doc = json.loads((tmp_path / "w2" / "results.json").read_text())
+    assert "partial" not in doc["rows"][0]["copy"] and "extract/query" not in doc["steps"]
+
+
+def test_fit_only_then_full_run_reuses_the_training(tiny_cd, tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    work = tmp_path / "work"
+    base = ["--data", str(tiny_cd), "--tiny", "--threads", "1", "--in-process", "--frames", "4"]
+    assert run_benchmarks.main([*base, "--workdir", str(work), "--methods", "lsh"]) == 0
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "database.h5").write_bytes((work / "features" / "database.h5").read_bytes())
+    w2 = tmp_path / "w2"
+    argv = [*base, "--workdir", str(w2), "--features", str(given), "--methods", "lsh,s5vh_paper"]
+    assert run_benchmarks.main([*argv, "--fit-only"]) == 0  # only the database features exist yet
+    doc = json.loads((w2 / "results.json").read_text())
+    assert set(doc["steps"]) == {"centers", "fit/s5vh_paper/16"} and doc["evals"] == {}
+    # the other splits arrive, the queries as a sample (every other one): the training is reused
+    for split in ("long", "partial"):
+        (given / f"{split}.h5").write_bytes((work / "features" / f"{split}.h5").read_bytes())
+    from s5vh_cli.artifacts import read_features, write_features
+
+    q = read_features(work / "features" / "query.h5")
+    write_features(given / "query.h5", q.feats[::2], q.ids[::2], q.paths[::2], backbone=q.backbone,
+                   backbone_sha256=q.attrs["backbone_sha256"], sampling=q.sampling,
+                   meta={k: v[::2] for k, v in q.meta.items()},
+                   prov={k: q.attrs[k] for k in ("format_version", "producer", "created", "config", "inputs_sha256")})
+    capsys.readouterr()
+    assert run_benchmarks.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fit/s5vh_paper/16: done before, reusing" in out
+    doc = json.loads((w2 / "results.json").read_text())
+    assert doc["query_sample"]["n"] == len(q.ids[::2]) < doc["query_sample"]["of"]
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["s5vh_paper"]["copy"]["segments"]["top1"]["n"] == len(q.ids[::2])
+    with h5py.File(w2 / "codes" / "s5vh_paper16_query.h5", "r") as f:
+        assert len(f["ids"]) == len(q.ids[::2]) and np.asarray(f["codes"]).shape[1] == 2
     doc = json.loads((tmp_path / "w2" / "results.json").read_text())
     assert not any(k.startswith("extract/") for k in doc["steps"])
 
