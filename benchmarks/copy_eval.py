@@ -227,8 +227,10 @@ def read_predictions(path: str | Path) -> dict[str, list[dict]]:
 def evaluate(data: str | Path, query: str | Path | None = None, database: str | Path | None = None, *,
              partial: str | Path | None = None, long: str | Path | None = None,
              partial_predictions: str | Path | dict | None = None, ks: Sequence[int] = (1, 5, 10),
-             levels: Sequence[str] = ("exact", "same_shot"), tol: float = TOLERANCE_S) -> dict:
-    """Score one method on a built copy-detection dataset. Every part is optional; give what the method has."""
+             levels: Sequence[str] = ("exact", "same_shot"), tol: float = TOLERANCE_S,
+             only: Iterable[str] | None = None) -> dict:
+    """Score one method on a built copy-detection dataset. Every part is optional; give what the method has.
+    ``only``: score just these copy queries (file names), so that methods run on different samples compare."""
     from benchmarks.datasets import align_labels, read_manifest
     from benchmarks.datasets.copy_detection import read_truth
 
@@ -236,6 +238,12 @@ def evaluate(data: str | Path, query: str | Path | None = None, database: str | 
     doc: dict = {}
     if query is not None and database is not None:
         order, qids, dids = ranking(query, database)
+        if only is not None:
+            keep_names = {_name(x) for x in only}
+            rows = [i for i, q in enumerate(qids) if _name(q) in keep_names]
+            if len(rows) < len(keep_names):
+                raise MismatchError(f"{query}: holds {len(rows)} of the {len(keep_names)} queries to score")
+            order, qids = order[rows], [qids[i] for i in rows]
         lab = data / "labels"
         ql = {lv: align_labels(lab / f"query_{lv}.h5", qids) for lv in levels}
         dl = {lv: align_labels(lab / f"database_{lv}.h5", dids) for lv in levels}
@@ -269,13 +277,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--long", help="codes or features of the long split")
     ap.add_argument("--partial-predictions", help="JSON lines of ranked long videos with time ranges")
     ap.add_argument("--ks", default="1,5,10", help="mAP@K cut-offs")
+    ap.add_argument("--queries", help="score only the copy queries named in this file (one file name a line)")
     ap.add_argument("--tolerance", type=float, default=TOLERANCE_S, help="seconds allowed at each end of a range")
     ap.add_argument("-o", "--out", help="write the scores here as JSON (default: stdout)")
     args = ap.parse_args(argv)
     try:
         ks = [int(k) for k in args.ks.split(",") if k.strip()]
         doc = evaluate(args.data, args.query, args.database, partial=args.partial, long=args.long,
-                       partial_predictions=args.partial_predictions, ks=ks, tol=args.tolerance)
+                       partial_predictions=args.partial_predictions, ks=ks, tol=args.tolerance,
+                       only=Path(args.queries).read_text().split() if args.queries else None)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -298,7 +298,11 @@ class Bench:
             # copy_eval matches rows by file name, so a sample of the copy queries is scored as it is
             if len(fid) < len(lid):
                 self.log(f"# features/query: {len(fid)} of the {len(lid)} copy queries (a sample)")
-                self.res["query_sample"] = {"n": len(fid), "of": len(lid), "features": str(features)}
+                listing = self.work / "query_sample.txt"
+                self.work.mkdir(parents=True, exist_ok=True)
+                listing.write_text("\n".join(fid) + "\n")
+                self.res["query_sample"] = {"n": len(fid), "of": len(lid), "features": str(features),
+                                            "list": str(listing)}
             return
         if fid != lid:
             raise BenchmarkError(f"{features}: its {len(fid)} videos are not the {len(lid)} of {lab} in the same "
@@ -448,6 +452,8 @@ class Bench:
                "--database", str(codes["database"]), "--ks", ",".join(map(str, self.ks)), "-o", str(out)]
         if "partial" in codes and "long" in codes:
             cmd += ["--partial", str(codes["partial"]), "--long", str(codes["long"])]
+        if self.res.get("query_sample"):  # every method is scored on the queries the features hold
+            cmd += ["--queries", self.res["query_sample"]["list"]]
         self.step(key, [out], [cmd])
         doc = json.loads(out.read_text())
         self.res["evals"][key] = doc

@@ -161,6 +161,11 @@ def test_evaluate_oracle_codes_score_one_and_a_wrong_order_is_refused(tiny, tmp_
     # ids in another order than the labels are matched by name, so the scores do not move
     _write(tmp_path / "q_rev.h5", qids[::-1], [[int(r.argmax()), 255 - int(r.argmax())] for r in ql[::-1]])
     assert ce.evaluate(tiny, tmp_path / "q_rev.h5", tmp_path / "db.h5")["segments"]["top1"]["mean"] == 1.0
+    # only some queries scored: the others are left out, and a query the codes lack is an error
+    few = ce.evaluate(tiny, tmp_path / "q.h5", tmp_path / "db.h5", only=[f"query/{q}" for q in qids[:5]])
+    assert few["segments"]["top1"]["n"] == 5
+    with pytest.raises(MismatchError, match="holds 0 of the 1 queries"):
+        ce.evaluate(tiny, tmp_path / "q.h5", tmp_path / "db.h5", only=["nope.mp4"])
     # a codes file against a features-like mismatch of widths is one clear error
     _write(tmp_path / "db3.h5", dids, [[i, 0, 0] for i in range(len(dids))])
     with pytest.raises(MismatchError, match="different widths"):
