@@ -406,6 +406,8 @@ class Bench:
         model = self.work / "models" / f"{method}{bits}.pt"
         model.parent.mkdir(parents=True, exist_ok=True)
         spec = REGISTRY[method]
+        if self.a.no_train and not (model.is_file() and f"fit/{method}/{bits}" in self.res["steps"]):
+            return self.skip(method, bits, "no model trained (this run was told --no-train)")
         cmd = [*self.s5vh, "train", str(feats["fit"]), "-o", str(model), "--bits", str(bits), *spec.train,
                "--seed", str(self.a.seed), *self._threads()]
         if spec.run_settings:  # else the CLI's own defaults (it computes its centres in-process, same rule)
@@ -689,6 +691,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true",
                     help="smoke configuration: preset demo, 1 epoch, 16 bits, batch 16, K 5,20")
     ap.add_argument("--force", action="store_true", help="redo steps already recorded in the workdir")
+    ap.add_argument("--no-train", action="store_true",
+                    help="learnt methods: use the models recorded in the workdir, mark the others n/a")
     ap.add_argument("--fit-only", action="store_true",
                     help="only train the learnt methods on the fit split (--features), and hash the files with videohash "
                          "meanwhile; a later run reuses both")
