@@ -25,7 +25,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -44,6 +44,9 @@ from .artifacts import (
 from .config import ExtractConfig
 from .errors import ArtifactError, InputError, MismatchError, S5VHError, VideoError
 from .progress import NULL, Progress
+
+if TYPE_CHECKING:
+    from .engines import ExtractEngine, ExtractPlan
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 _MAGIC = b"S5VH-extract-journal 1\n"
@@ -447,6 +450,30 @@ def _embed(model, clips: list[Any], device) -> np.ndarray:
         return model(x).float().cpu().numpy()
 
 
+def videos_per_pass(batch_size: int, frames: int) -> int:
+    """Whole videos per forward pass: enough to reach ``batch_size`` frames."""
+    return max(1, -(-batch_size // frames))
+
+
+def embed_clips(model, clips: list[Any], device, videos: int) -> np.ndarray:
+    """Features of the frames of ``clips`` (at most ``videos`` of them) in one forward pass: float32 [sum T, D].
+
+    The pass always holds ``videos`` clips' worth of frames, the missing ones as zero frames: a frame's features
+    depend on the size of the batch it was computed in (the CPU kernels pick their algorithm by batch size; up
+    to 6e-6 apart measured on MobileNetV2), never on the other frames in it. A fixed size makes every row the
+    same whichever videos share its pass: the last pass of a run, a resumed run and every engine agree exactly.
+    """
+    if len(clips) > videos:
+        raise ValueError(f"embed_clips: {len(clips)} clips for a pass of {videos}")
+    n = sum(len(c.frames) for c in clips)
+    short = videos * len(clips[0].frames) - n
+    if short <= 0:
+        return _embed(model, clips, device)
+    pad = _video.Clip(path="", frames=np.zeros((short, *clips[0].frames.shape[1:]), np.uint8),
+                      indices=np.zeros(0), times=np.zeros(0), frame_count=0, fps=0.0, duration=0.0, valid=0)
+    return _embed(model, [*clips, pad], device)[:n]
+
+
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
     return {"id": vid, "path": os.fsencode(clip.path).hex(), "duration": float(clip.duration),
             "fps": float(clip.fps), "frame_count": int(clip.frame_count), "valid_frames": int(clip.valid),
@@ -456,15 +483,18 @@ def _row_head(vid: str, clip: Any) -> dict[str, Any]:
 def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig | None = None,
             weights: str | None = None, device: str = "auto", workers: int | None = None,
             threads: int | None = None, stdin: Iterable[str] | None = None,
-            progress: Progress = NULL) -> ExtractResult:
+            progress: Progress = NULL, engine: ExtractEngine | None = None) -> ExtractResult:
     """Extract features of every video in ``inputs`` into ``out`` (resuming a partial or finished output).
 
-    Raises VideoError when no video at all could be extracted; individual failures are recorded, not raised.
+    ``engine`` runs the decoding and inference (s5vh_cli.engines; default: this machine with ``workers``
+    decode processes). Raises VideoError when no video at all could be extracted; individual failures are
+    recorded, not raised.
     """
     import torch
 
-    from .backbones import create_backbone, get_spec
-    from .device import describe_device, resolve_device
+    from .backbones import get_spec
+    from .engines import ExtractPlan
+    from .engines.local import LocalEngine
 
     cfg = config or ExtractConfig()
     spec = get_spec(cfg.backbone)
@@ -485,16 +515,25 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         raise InputError(f"no videos found in {', '.join(inputs)}")
     if threads:
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model = create_backbone(cfg.backbone, weights, dev)
-    workers = default_workers() if workers is None else workers
-    progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on "
-                 f"{describe_device(dev)}; {workers} decode worker(s)")
-    settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": str(sampling),
+    engine = engine or LocalEngine(workers=workers)
+    plan = ExtractPlan(backbone=cfg.backbone, weights=weights, frames=cfg.frames, sampling=str(sampling),
+                       size=spec.input_size, resize=spec.resize,
+                       videos_per_pass=videos_per_pass(cfg.batch_size, cfg.frames), device=device)
+    try:
+        return _extract(engine, plan, items, out, cfg, spec, progress)
+    finally:
+        engine.close()
+
+
+def _extract(engine: ExtractEngine, plan: ExtractPlan, items: list[tuple[str, str]], out: Path, cfg: ExtractConfig,
+             spec: Any, progress: Progress) -> ExtractResult:
+    model = engine.open_backbone(plan)
+    progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on {model.where}")
+    settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": plan.sampling,
                 "frames": cfg.frames, "feature_dim": spec.feature_dim, "dtype": cfg.dtype,
                 "preprocess": preprocess_string(spec.input_size, spec.resize),
                 "weights_file": os.path.basename(model.weights_path)}
-    run_cfg = asdict(cfg) | {"sampling": str(sampling)}
+    run_cfg = asdict(cfg) | {"sampling": plan.sampling}
     prov = provenance("extract", run_cfg | {"preprocess": settings["preprocess"]}, {"backbone": model.weights_sha256})
     t0 = time.perf_counter()
     with output_lock(out, wait=False), _journal_errors(out):
@@ -504,13 +543,13 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             if all(v in done_ids for v, _ in items):  # nothing new: leave the output as it is
                 progress.log(f"{out}: all {len(items)} video(s) already extracted")
                 return ExtractResult(out=str(out), videos=len(done_ids), extracted=0, skipped=len(items),
-                                     device=describe_device(dev), weights=model.weights_path)
+                                     device=model.where, weights=model.weights_path)
         j = _open_journal(out, settings, progress)
         try:
             done = {head["id"] for head, _ in j.rows}
             todo = [(v, p) for v, p in items if v not in done]
             skipped = len(items) - len(todo)
-            extracted, frames_done = _run(j, todo, cfg, spec, model, dev, workers, progress)
+            extracted, frames_done = _run(j, todo, cfg, engine, plan, progress)
             elapsed = time.perf_counter() - t0
             if not j.rows:
                 j.f.close()
@@ -528,7 +567,7 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     return ExtractResult(out=str(out), videos=len(j.rows), extracted=extracted, skipped=skipped,
                          failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
                          videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
-                         device=describe_device(dev), weights=model.weights_path)
+                         device=model.where, weights=model.weights_path)
 
 
 @contextlib.contextmanager
@@ -543,43 +582,35 @@ def _journal_errors(out: Path) -> Iterator[None]:
         raise InputError(f"{part}: {why}; videos already done are kept there, rerun to resume") from None
 
 
-def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, model, dev, workers: int,
+def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, engine: ExtractEngine, plan: ExtractPlan,
          progress: Progress) -> tuple[int, int]:
     dtype = np.dtype(cfg.dtype)
     progress.start("extract", total=len(todo))
     t0 = time.perf_counter()
     extracted = frames_done = 0
-    batch: list[tuple[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal extracted, frames_done
-        if not batch:
-            return
-        feats = _embed(model, [c for _, c in batch], dev)
-        t = cfg.frames
-        for k, (vid, clip) in enumerate(batch):
-            j.add_video(_row_head(vid, clip), feats[k * t:(k + 1) * t].astype(dtype))
-        j.commit()  # a kill after this point loses nothing of this batch
-        extracted += len(batch)
-        frames_done += len(batch) * t
-        dt = max(time.perf_counter() - t0, 1e-9)
-        progress.advance(len(batch), **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
-                                        "failed": len(j.failures)})
-        batch.clear()
-
     try:
-        for vid, path, status, value in _decoded(todo, cfg, spec.input_size, spec.resize, workers):
-            if status == "err":
-                j.add_failure(path, value)
-                progress.log(f"failed: {display_path(path)}: {value}")
-                progress.advance(1, **{"failed": len(j.failures)})
-                continue
-            for note in value.notes:
-                progress.log(f"note: {display_path(path)}: {note}")
-            batch.append((vid, value))
-            if len(batch) * cfg.frames >= cfg.batch_size:
-                flush()
-        flush()
+        for rows in engine.extract(todo, plan):
+            done = 0
+            for row in rows:
+                if row[0] == "err":
+                    _, _, path, reason = row
+                    j.add_failure(path, reason)
+                    progress.log(f"failed: {display_path(path)}: {reason}")
+                    progress.advance(1, **{"failed": len(j.failures)})
+                    continue
+                _, vid, path, head, feats, notes = row
+                for note in notes:
+                    progress.log(f"note: {display_path(path)}: {note}")
+                j.add_video(head, np.asarray(feats).astype(dtype))
+                done += 1
+            if not done:
+                continue  # failures alone are committed with the next rows
+            j.commit()  # a kill after this point loses nothing of this batch
+            extracted += done
+            frames_done += done * cfg.frames
+            dt = max(time.perf_counter() - t0, 1e-9)
+            progress.advance(done, **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
+                                      "failed": len(j.failures)})
     finally:
         progress.finish()
     return extracted, frames_done
@@ -621,7 +652,7 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
 
     def flush() -> None:
         if pending:
-            f = _embed(model, [c for _, c in pending], dev)
+            f = embed_clips(model, [c for _, c in pending], dev, videos_per_pass(batch_size, frames))
             for k, (i, _) in enumerate(pending):
                 feats[i] = f[k * frames:(k + 1) * frames]
             progress.advance(len(pending))
