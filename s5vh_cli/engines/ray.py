@@ -1,0 +1,295 @@
+"""The Ray engine: extraction and encoding as Ray Data pipelines on a Ray cluster (``pip install 's5vh[distributed]'``).
+
+extract:  paths -> ``map`` (decode and sample one video, a CPU task) -> ``map_batches`` with a callable class that
+          holds the backbone (an actor pool, one GPU per actor on GPU nodes) -> rows, in input order, streamed
+          back to the driver, which writes them to the same journal as the local engine. Resuming, failure
+          records and the artifact are therefore those of the local engine; so are the rows, bit for bit
+          (every forward pass has the same shape, see ``extract.embed_clips``).
+encode:   feature blocks of ``batch_size`` videos -> ``map_batches`` with a callable class that holds the model
+          -> packed codes, in order.
+
+The driver resolves and hash-checks the weights (backbone or model file) once and sends the bytes through the
+object store, so workers need no copy of them; they do need the videos at the same paths (a shared file system)
+and s5vh installed. Nothing here is imported unless ``--engine ray`` is asked for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from ..errors import BackendError, S5VHError
+from . import BackboneInfo, ExtractPlan, Row
+
+EXTRA = "pip install 's5vh[distributed]'"
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise BackendError(f"--engine ray needs Ray Data, which is not installed: {EXTRA}") from None
+    return ray
+
+
+class RayEngine:
+    """``address``: None starts a Ray instance on this machine (stopped at the end); "auto" joins the cluster
+    this machine belongs to; "ray://HOST:PORT" connects through Ray Client. A Ray connection the caller already
+    made (``ray.init`` before) is used as it is and left open."""
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, actors: int | None = None, init_kwargs: dict | None = None):
+        self.address = address
+        self.actors = actors
+        self.init_kwargs = dict(init_kwargs or {})
+        self._started = False
+        self._weights: Any = None  # object ref of the backbone checkpoint's bytes
+        self._weights_bytes = 0
+        self._info: BackboneInfo | None = None
+
+    # ---- cluster -------------------------------------------------------------------------------------------
+    def _connect(self) -> Any:
+        import logging
+
+        ray = import_ray()
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
+                                      "log_to_driver": False}
+            if self.address is None:  # a Ray of this run's own: it has no business on the network
+                kwargs["_node_ip_address"] = "127.0.0.1"
+            kwargs |= self.init_kwargs
+            try:
+                ray.init(address=self.address, **kwargs)
+            except Exception as e:  # ConnectionError, RuntimeError (auth), ValueError (bad address)
+                raise BackendError(f"cannot start or reach the Ray cluster "
+                                   f"{self.address or '(local)'}: {_first_line(e)}") from None
+            self._started = True
+        ctx = ray.data.DataContext.get_current()
+        ctx.execution_options.preserve_order = True  # rows come back in input order, as the local engine's
+        ctx.enable_progress_bars = False  # the CLI draws its own
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.ERROR)  # failures come back as exceptions
+        return ray
+
+    def _pool(self, ray: Any, model_bytes: int = 0) -> tuple[Any, dict[str, Any], str]:
+        """The actor pool and each actor's resources: one GPU per actor where the cluster has GPUs.
+
+        Each actor also reserves memory for its model and a pass's activations, which keeps Ray from fusing
+        the decode tasks into the actors (it fuses a task stage into an actor stage with equal resources),
+        so decoding and inference overlap on different CPUs."""
+        res = ray.cluster_resources()
+        gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
+        memory = 4 * model_bytes + (512 << 20)
+        if gpus:
+            n = self.actors or gpus
+            per, where = {"num_gpus": 1}, f"Ray cluster, {n} actor(s) with one GPU each ({gpus} GPU, {cpus} CPU)"
+        else:
+            n = self.actors or max(1, cpus // 2)  # the rest of the CPUs decode
+            per, where = {"num_cpus": 1}, f"Ray cluster, {n} CPU inference actor(s) ({cpus} CPU, no GPU)"
+        return ray.data.ActorPoolStrategy(min_size=1, max_size=n), per | {"memory": memory}, where
+
+    def close(self) -> None:
+        if self._started:
+            import ray
+
+            ray.shutdown()
+            self._started = False
+        self._weights = None
+
+    # ---- extract -------------------------------------------------------------------------------------------
+    def open_backbone(self, plan: ExtractPlan) -> BackboneInfo:
+        from ..backbones import resolve_weights
+
+        path, digest = resolve_weights(plan.backbone, plan.weights)
+        ray = self._connect()
+        data = path.read_bytes()
+        self._weights = ray.put(data)
+        self._weights_bytes = len(data)
+        _, _, where = self._pool(ray)
+        self._info = BackboneInfo(str(path), digest, where)
+        return self._info
+
+    def extract(self, todo: list[tuple[str, str]], plan: ExtractPlan) -> Iterator[list[Row]]:
+        if not todo:
+            return
+        ray = self._connect()
+        pool, per_actor, _ = self._pool(ray, self._weights_bytes)
+        items = [{"i": i, "id": vid, "path": os.fsencode(path).hex()} for i, (vid, path) in enumerate(todo)]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // plan.videos_per_pass))
+        ds = ds.map(_decode_row, fn_kwargs={"plan": plan}, num_cpus=1)
+        ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"plan": plan, "weights": [self._weights],
+                                                               "sha256": self._info.weights_sha256},
+                            batch_size=plan.videos_per_pass, batch_format="numpy", compute=pool, **per_actor)
+        with _ray_errors():
+            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                yield list(_rows(batch, plan))
+
+    # ---- encode --------------------------------------------------------------------------------------------
+    def encode(self, model: Any, model_path: str, feats: np.ndarray, *, batch_size: int, device: str,
+               ssm_backend: str, progress: Any) -> np.ndarray:
+        ray = self._connect()
+        pool, per_actor, where = self._pool(ray, os.path.getsize(model_path))
+        progress.log(f"encoding on the {where}")
+        n = feats.shape[0]
+        # one block per forward pass of the local engine: the same rows meet in the same pass
+        blocks = [np.ascontiguousarray(feats[s:s + batch_size]) for s in range(0, n, batch_size)]
+        ds = ray.data.from_numpy(blocks)
+        with open(model_path, "rb") as f:
+            ref = ray.put(f.read())
+        ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"model": [ref], "ssm_backend": ssm_backend,
+                                                              "device": device},
+                            batch_size=None, batch_format="numpy", compute=pool, **per_actor)
+        out = np.empty((n, model.cfg.bits // 8), np.uint8)
+        at = 0
+        progress.start("encode", total=n)
+        try:
+            with _ray_errors():
+                for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                    codes = batch["codes"]
+                    out[at:at + len(codes)] = codes
+                    at += len(codes)
+                    progress.advance(len(codes))
+        finally:
+            progress.finish()
+        if at != n:
+            raise BackendError(f"the Ray pipeline returned {at} codes for {n} videos")
+        return out
+
+
+# ----------------------------------------------------------------------------------------------------------
+# what runs on the workers
+# ----------------------------------------------------------------------------------------------------------
+def _decode_row(row: dict[str, Any], plan: ExtractPlan) -> dict[str, Any]:
+    """One video -> its sampled frames (or the failure reason): the local engine's decode job, in a Ray task."""
+    import json
+
+    from ..extract import _decode_job, _row_head
+
+    path = os.fsdecode(bytes.fromhex(row["path"]))
+    status, value = _decode_job(path, plan.frames, plan.sampling, plan.size, plan.resize)
+    out = {"i": row["i"], "id": row["id"], "path": row["path"]}
+    if status == "err":
+        return out | {"ok": False, "reason": value, "head": "", "notes": "[]",
+                      "frames": np.zeros((0, plan.size, plan.size, 3), np.uint8)}
+    return out | {"ok": True, "reason": "", "head": json.dumps(_row_head(row["id"], value)),
+                  "notes": json.dumps(value.notes), "frames": value.frames}
+
+
+class _Embedder:
+    """Holds the backbone (loaded once per actor) and embeds batches of decoded videos."""
+
+    def __init__(self, plan: ExtractPlan, weights: list[Any], sha256: str) -> None:
+        import ray
+
+        from ..backbones import create_backbone
+        from ..device import resolve_device
+
+        self.plan = plan
+        self.dev = resolve_device(plan.device)
+        with _weights_file(ray.get(weights[0]), plan.backbone) as path:
+            self.model = create_backbone(plan.backbone, path, self.dev)
+        if self.model.weights_sha256 != sha256:
+            raise BackendError(f"the weights that reached a Ray worker have sha256 "
+                               f"{self.model.weights_sha256[:12]}..., not {sha256[:12]}...")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..extract import embed_clips
+        from ..video import Clip
+
+        ok = np.asarray(batch["ok"], bool)
+        t = self.plan.frames
+        clips = [Clip(path="", frames=np.asarray(batch["frames"][k]), indices=np.zeros(0), times=np.zeros(0),
+                      frame_count=0, fps=0.0, duration=0.0, valid=0) for k in np.flatnonzero(ok)]
+        feats = embed_clips(self.model, clips, self.dev, self.plan.videos_per_pass) if clips else None
+        d = feats.shape[1] if feats is not None else 0
+        out = np.zeros((len(ok), t, d), np.float32)
+        for j, k in enumerate(np.flatnonzero(ok)):
+            out[k] = feats[j * t:(j + 1) * t]
+        return {"i": batch["i"], "id": batch["id"], "path": batch["path"], "ok": ok, "reason": batch["reason"],
+                "head": batch["head"], "notes": batch["notes"], "feats": out}
+
+
+class _Encoder:
+    """Holds the hashing model (loaded once per actor) and encodes one block of features per call."""
+
+    def __init__(self, model: list[Any], ssm_backend: str, device: str) -> None:
+        import ray
+
+        from ..checkpoint import load_model
+        from ..device import resolve_device
+        from ..ssm import resolve_backend
+
+        self.dev = resolve_device(device)
+        with _weights_file(ray.get(model[0]), "model") as path:
+            self.model, _ = load_model(path, device="cpu")
+        if self.model.cfg.encoder == "mamba":
+            self.model.set_backend(resolve_backend(ssm_backend, self.dev)[0])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        from ..encode import encode_array
+
+        feats = batch["data"]
+        return {"codes": encode_array(self.model, feats, batch_size=max(1, len(feats)), device=self.dev)}
+
+
+# ----------------------------------------------------------------------------------------------------------
+# helpers
+# ----------------------------------------------------------------------------------------------------------
+def _rows(batch: dict[str, np.ndarray], plan: ExtractPlan) -> Iterator[Row]:
+    import json
+
+    for k in range(len(batch["id"])):
+        vid, path = str(batch["id"][k]), os.fsdecode(bytes.fromhex(str(batch["path"][k])))
+        if not bool(batch["ok"][k]):
+            yield "err", vid, path, str(batch["reason"][k])
+        else:
+            yield ("ok", vid, path, json.loads(str(batch["head"][k])), np.asarray(batch["feats"][k], np.float32),
+                   json.loads(str(batch["notes"][k])))
+
+
+@contextlib.contextmanager
+def _weights_file(data: bytes, name: str) -> Iterator[str]:
+    with tempfile.TemporaryDirectory(prefix="s5vh-ray-") as d:
+        path = os.path.join(d, f"{name}.pt")
+        with open(path, "wb") as f:
+            f.write(data)
+        yield path
+
+
+@contextlib.contextmanager
+def _ray_errors() -> Iterator[None]:
+    """A worker's S5VHError comes back as the same one-line error; any other failure as one line naming Ray."""
+    try:
+        yield
+    except S5VHError:
+        raise
+    except Exception as e:
+        cause = _s5vh_cause(e)
+        if cause is not None:
+            raise cause from None
+        raise BackendError(f"the Ray pipeline failed: {_first_line(e)}") from None
+
+
+def _s5vh_cause(e: BaseException) -> S5VHError | None:
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if isinstance(e, S5VHError):
+            return e
+        e = getattr(e, "cause", None) or e.__cause__ or e.__context__
+    return None
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    for line in text.splitlines():
+        if line.strip() and not line.startswith("Traceback"):
+            return f"{type(e).__name__}: {line.strip()[:200]}"
+    return type(e).__name__
