@@ -19,21 +19,19 @@ import h5py
 import numpy as np
 import pytest
 
-pytest.importorskip("ray.data", reason="needs s5vh[distributed]")
-
-from s5vh_cli import extract as ex  # noqa: E402
-from s5vh_cli.artifacts import read_codes, read_features  # noqa: E402
-from s5vh_cli.checkpoint import save_model  # noqa: E402
-from s5vh_cli.config import ExtractConfig, TrainConfig, preset  # noqa: E402
-from s5vh_cli.encode import encode_file  # noqa: E402
-from s5vh_cli.extract import extract  # noqa: E402
-from s5vh_cli.model import S5VH  # noqa: E402
-from s5vh_cli.progress import Recorder  # noqa: E402
+from s5vh_cli import extract as ex
+from s5vh_cli.artifacts import read_codes, read_failures, read_features
+from s5vh_cli.checkpoint import save_model
+from s5vh_cli.config import ExtractConfig, TrainConfig, preset
+from s5vh_cli.encode import encode_file
+from s5vh_cli.extract import extract
+from s5vh_cli.model import S5VH
+from s5vh_cli.progress import Recorder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from private_net import marked_processes, private_net  # noqa: E402
-from test_backbones import MNV2, need_assets  # noqa: E402
-from test_video import make_index_video  # noqa: E402
+from private_net import marked_processes, private_net
+from test_backbones import MNV2, need_assets
+from test_video import make_index_video
 
 T, BATCH = 4, 8  # two videos per forward pass
 
@@ -96,6 +94,7 @@ def test_ray_engine_equals_local(tmp_path, own):
     """Resumed from a torn journal, the Ray run's rows (and its failure records) equal the local run's; the
     Ray encoding equals the local one. The slow variant also extracts everything in a process that starts
     and stops a Ray of its own (about 30 s more)."""
+    pytest.importorskip("ray.data", reason="needs s5vh[distributed]")
     need_assets(MNV2)
     vids = tmp_path / "vids"
     vids.mkdir()
@@ -156,6 +155,15 @@ def test_ray_engine_equals_local(tmp_path, own):
     assert {k: v for k, v in a.attrs.items() if k != "created"} == {k: v for k, v in b.attrs.items() if k != "created"}
 
 
+def test_nothing_of_the_extra_is_imported_unless_asked_for():
+    code = ("import sys; import s5vh_cli.cli, s5vh_cli.extract, s5vh_cli.encode, s5vh_cli.train, s5vh_cli.engines, "
+            "s5vh_cli.engines.local, s5vh_cli.engines.ddp; from s5vh_cli.engines import get_engine; "
+            "get_engine('ray'); print(sorted(m for m in sys.modules if m == 'ray' or m.startswith('ray.')))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.strip() == "[]"
+
+
 def test_missing_extra_is_one_line(monkeypatch, tmp_path):
     """Without Ray installed, --engine ray stops with one line naming the extra (ray hidden from the import)."""
     import builtins
@@ -174,3 +182,58 @@ def test_missing_extra_is_one_line(monkeypatch, tmp_path):
     with pytest.raises(BackendError, match=r"pip install 's5vh\[distributed\]'") as e:
         RayEngine()._connect()
     assert "\n" not in str(e.value)
+
+
+CRASH_HOOK = r"""
+import os
+if os.environ.get("S5VH_TEST_CRASH"):
+    import s5vh_cli.extract as ex
+    real = ex._decode_job
+    def job(path, *a, **k):
+        if "crash" in os.path.basename(path):
+            os._exit(3)  # what a decoder that segfaults on a file does to its process
+        return real(path, *a, **k)
+    ex._decode_job = job
+"""
+
+
+@pytest.mark.slow
+def test_crashing_decoder_is_isolated(tmp_path):
+    """A file that kills its decode task's process: Ray retries the task twice, drops the block, the block's
+    videos are tried again one per block, and only the culprit is recorded as failed (about 60 s)."""
+    pytest.importorskip("ray.data", reason="needs s5vh[distributed]")
+    need_assets(MNV2)
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    for i in range(4):
+        make_index_video(vids / f"v{i}.mp4", 12 + 3 * i)
+    make_index_video(vids / "v1crash.mp4", 12)
+    (tmp_path / "hook").mkdir()
+    (tmp_path / "hook" / "sitecustomize.py").write_text(CRASH_HOOK)
+    mark = f"ray-crash-{tmp_path}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="s5vh-ray-"))
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(ray_tmp), S5VH_TEST_MARK=mark,
+               OMP_NUM_THREADS="1", S5VH_TEST_CRASH="1", S5VH_DEBUG="1",
+               PYTHONPATH=os.pathsep.join([str(tmp_path / "hook"), os.environ.get("PYTHONPATH", "")]))
+    try:
+        p = subprocess.run(private_net([sys.executable, "-m", "s5vh_cli", "extract", str(vids), "-o",
+                                        str(tmp_path / "ray.h5"), "--frames", str(T), "--batch-size", str(BATCH),
+                                        "--weights", str(MNV2), "--device", "cpu", "--quiet", "--json",
+                                        "--engine", "ray"]), env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert p.returncode == 0, p.stderr[-4000:]
+    for _ in range(100):
+        if not marked_processes(mark):
+            break
+        time.sleep(0.2)
+    assert not marked_processes(mark)
+    got = read_features(tmp_path / "ray.h5")
+    assert sorted(got.ids) == [f"v{i}.mp4" for i in range(4)]
+    (path, reason), = read_failures(tmp_path / "ray.h5")
+    assert path.endswith("v1crash.mp4") and "even alone" in reason
+    extract([str(vids / f"v{i}.mp4") for i in range(4)], tmp_path / "local.h5",
+            config=ExtractConfig(frames=T, batch_size=BATCH), weights=str(MNV2), device="cpu", workers=0)
+    want = read_features(tmp_path / "local.h5")
+    order = [got.ids.index(os.path.basename(i)) for i in want.ids]
+    np.testing.assert_allclose(got.feats[order], want.feats, rtol=0, atol=1e-6)

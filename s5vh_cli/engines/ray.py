@@ -27,6 +27,7 @@ from ..errors import BackendError, S5VHError
 from . import BackboneInfo, ExtractPlan, Row
 
 EXTRA = "pip install 's5vh[distributed]'"
+_DECODE_RETRIES = 2
 
 
 def import_ray() -> Any:
@@ -75,7 +76,10 @@ class RayEngine:
         ctx.execution_options.preserve_order = True  # rows come back in input order, as the local engine's
         ctx.enable_progress_bars = False  # the CLI draws its own
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)  # failures come back as exceptions
+        # a block whose decode task died after its retries is dropped, not fatal: extract() tries its videos
+        # again one by one and records the one that keeps failing, as the local engine's pool does
+        ctx.max_errored_blocks = -1
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as exceptions or rows
         return ray
 
     def _pool(self, ray: Any, model_bytes: int = 0) -> tuple[Any, dict[str, Any], str]:
@@ -120,15 +124,29 @@ class RayEngine:
         if not todo:
             return
         ray = self._connect()
+        seen: set[int] = set()
+        yield from self._pipeline(ray, todo, range(len(todo)), plan, seen, per_block=plan.videos_per_pass)
+        lost = [i for i in range(len(todo)) if i not in seen]
+        if lost:
+            # a decode task that kills its worker (a decoder crash, not an error) fails its block after Ray's
+            # retries; the videos of such blocks are tried again one per block, which isolates the culprit
+            yield from self._pipeline(ray, todo, lost, plan, seen, per_block=1)
+            yield [("err", todo[i][0], todo[i][1], "its Ray task failed on every try, even alone (the decoder "
+                    "crashes on this file?)") for i in lost if i not in seen]
+
+    def _pipeline(self, ray: Any, todo: list[tuple[str, str]], which: Any, plan: ExtractPlan, seen: set[int],
+                  per_block: int) -> Iterator[list[Row]]:
         pool, per_actor, _ = self._pool(ray, self._weights_bytes)
-        items = [{"i": i, "id": vid, "path": os.fsencode(path).hex()} for i, (vid, path) in enumerate(todo)]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // plan.videos_per_pass))
-        ds = ds.map(_decode_row, fn_kwargs={"plan": plan}, num_cpus=1)
+        items = [{"i": i, "id": todo[i][0], "path": os.fsencode(todo[i][1]).hex()} for i in which]
+        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // per_block))
+        # Ray Data retries a task without end by default: a file that crashes the decoder would stall the run
+        ds = ds.map(_decode_row, fn_kwargs={"plan": plan}, num_cpus=1, max_retries=_DECODE_RETRIES)
         ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"plan": plan, "weights": [self._weights],
                                                                "sha256": self._info.weights_sha256},
                             batch_size=plan.videos_per_pass, batch_format="numpy", compute=pool, **per_actor)
         with _ray_errors():
             for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
+                seen.update(int(i) for i in batch["i"])
                 yield list(_rows(batch, plan))
 
     # ---- encode --------------------------------------------------------------------------------------------
