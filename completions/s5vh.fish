@@ -6,7 +6,7 @@ complete -c s5vh -n '__fish_use_subcommand' -f -a encode -d 'Encode every video 
 complete -c s5vh -n '__fish_use_subcommand' -f -a eval -d 'Evaluate retrieval: relevance = at least one shared label; ranking = Hamming distance, then database row.'
 complete -c s5vh -n '__fish_use_subcommand' -f -a extract -d 'Turn videos into per-frame CNN features [videos, T, D] for `s5vh centers` / `s5vh train`.'
 complete -c s5vh -n '__fish_use_subcommand' -f -a index -d 'Build a Hamming index from codes (`s5vh index codes.h5 -o index.bin`), or add/remove/inspect one.'
-complete -c s5vh -n '__fish_use_subcommand' -f -a info -d 'Show versions, the device and selective-scan backend that would be used, and the GPU extra\'s state.'
+complete -c s5vh -n '__fish_use_subcommand' -f -a info -d 'Show versions, the device and selective-scan backend that would be used, and the extras\' state.'
 complete -c s5vh -n '__fish_use_subcommand' -f -a query -d 'Rank indexed videos by Hamming distance to each input (ties broken by key, so output is deterministic).'
 complete -c s5vh -n '__fish_use_subcommand' -f -a train -d 'Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with'
 complete -c s5vh -n '__fish_use_subcommand' -l version -d 'Print the version and exit.'

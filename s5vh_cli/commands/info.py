@@ -23,7 +23,7 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="Device to report on: auto, cpu, cuda, cuda:N."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """Show versions, the device and selective-scan backend that would be used, and the GPU extra's state."""
+        """Show versions, the device and selective-scan backend that would be used, and the extras' state."""
         import torch
 
         from .. import __version__, ssm
@@ -47,6 +47,7 @@ def register(app: typer.Typer) -> None:
             "ssm_backend_reason": reason,
             "ssm_backends": ssm.available_backends(),
             "gpu_extra": {"mamba-ssm": _version("mamba-ssm"), "causal-conv1d": _version("causal-conv1d")},
+            "distributed_extra": {"ray": _version("ray")},
             "packages": {d: _version(d) for d in ("numpy", "scipy", "h5py", "faiss-cpu", "opencv-python-headless",
                                                    "numba", "typer", "rich")},
         }
@@ -64,6 +65,8 @@ def register(app: typer.Typer) -> None:
             t.add_row(f"  {name}", escape(status))
         extra = data["gpu_extra"]
         t.add_row(escape("GPU extra [cuda]"), ", ".join(f"{k} {v or 'not installed'}" for k, v in extra.items()))
+        t.add_row(escape("distributed extra [distributed]"),
+                  ", ".join(f"{k} {v or 'not installed'}" for k, v in data["distributed_extra"].items()))
         for k, v in data["packages"].items():
             t.add_row(k, v or "not installed")
         console.print(t)

@@ -42,7 +42,8 @@ def import_ray() -> Any:
 class RayEngine:
     """``address``: None starts a Ray instance on this machine (stopped at the end); "auto" joins the cluster
     this machine belongs to; "ray://HOST:PORT" connects through Ray Client. A Ray connection the caller already
-    made (``ray.init`` before) is used as it is and left open."""
+    made (``ray.init`` before) is used as it is and left open. ``actors``: the most inference actors (default:
+    one per GPU, else 3/4 of the CPUs for extract and all of them for encode)."""
 
     name = "ray"
 
@@ -82,8 +83,10 @@ class RayEngine:
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as exceptions or rows
         return ray
 
-    def _pool(self, ray: Any, model_bytes: int = 0) -> tuple[Any, dict[str, Any], str]:
-        """The actor pool and each actor's resources: one GPU per actor where the cluster has GPUs.
+    def _pool(self, ray: Any, model_bytes: int = 0, cpu_share: float = 0.75) -> tuple[Any, dict[str, Any], str]:
+        """The actor pool and each actor's resources: one GPU per actor where the cluster has GPUs, else one CPU
+        per actor on ``cpu_share`` of the CPUs (extract: 3/4, the rest decodes; a MobileNetV2 pass costs about
+        4 times the decoding of its frames, docs/scale-out.md).
 
         Each actor also reserves memory for its model and a pass's activations, which keeps Ray from fusing
         the decode tasks into the actors (it fuses a task stage into an actor stage with equal resources),
@@ -95,7 +98,7 @@ class RayEngine:
             n = self.actors or gpus
             per, where = {"num_gpus": 1}, f"Ray cluster, {n} actor(s) with one GPU each ({gpus} GPU, {cpus} CPU)"
         else:
-            n = self.actors or max(1, cpus // 2)  # the rest of the CPUs decode
+            n = self.actors or max(1, int(cpus * cpu_share))
             per, where = {"num_cpus": 1}, f"Ray cluster, {n} CPU inference actor(s) ({cpus} CPU, no GPU)"
         return ray.data.ActorPoolStrategy(min_size=1, max_size=n), per | {"memory": memory}, where
 
@@ -153,7 +156,7 @@ class RayEngine:
     def encode(self, model: Any, model_path: str, feats: np.ndarray, *, batch_size: int, device: str,
                ssm_backend: str, progress: Any) -> np.ndarray:
         ray = self._connect()
-        pool, per_actor, where = self._pool(ray, os.path.getsize(model_path))
+        pool, per_actor, where = self._pool(ray, os.path.getsize(model_path), cpu_share=1.0)
         progress.log(f"encoding on the {where}")
         n = feats.shape[0]
         # one block per forward pass of the local engine: the same rows meet in the same pass
