@@ -25,6 +25,7 @@ import pytest
 import torch
 
 from s5vh_cli import artifacts, config
+from s5vh_cli.encode import encode_file
 from s5vh_cli.engines.ddp import DDPEngine, under_torchrun
 from s5vh_cli.train import train
 
@@ -118,6 +119,10 @@ def test_two_ranks_equal_one_process(inputs, ddp_run, tmp_path):
     model = torch.load(ddp_run / "model.pt", weights_only=True)
     assert all(torch.equal(model["state_dict"][k], r0[k]) for k in r0)
     assert model["extra"]["processes"] == 2
+    # an ordinary model file: encode takes it as it is
+    codes = encode_file(ddp_run / "model.pt", inputs / "f.h5", tmp_path / "codes.h5", device="cpu",
+                        ssm_backend="torch")
+    assert codes.codes.shape == (20, L // 8)
 
     # the same run in this process, with the whole batch of 7
     m, t, _ = config.preset("demo", "released")

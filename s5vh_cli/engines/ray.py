@@ -54,6 +54,7 @@ class RayEngine:
         self._started = False
         self._weights: Any = None  # object ref of the backbone checkpoint's bytes
         self._weights_bytes = 0
+        self._saved: dict[str, Any] | None = None  # DataContext settings to put back
         self._info: BackboneInfo | None = None
 
     # ---- cluster -------------------------------------------------------------------------------------------
@@ -62,10 +63,9 @@ class RayEngine:
 
         ray = import_ray()
         if not ray.is_initialized():
-            kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING,
-                                      "log_to_driver": False}
-            if self.address is None:  # a Ray of this run's own: it has no business on the network
-                kwargs["_node_ip_address"] = "127.0.0.1"
+            kwargs: dict[str, Any] = {"logging_level": logging.WARNING, "log_to_driver": False}
+            if self.address is None:  # a Ray of this run's own: no dashboard, no business on the network
+                kwargs |= {"include_dashboard": False, "_node_ip_address": "127.0.0.1"}
             kwargs |= self.init_kwargs
             try:
                 ray.init(address=self.address, **kwargs)
@@ -74,12 +74,19 @@ class RayEngine:
                                    f"{self.address or '(local)'}: {_first_line(e)}") from None
             self._started = True
         ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True  # rows come back in input order, as the local engine's
-        ctx.enable_progress_bars = False  # the CLI draws its own
-        ctx.print_on_execution_start = False
-        # a block whose decode task died after its retries is dropped, not fatal: extract() tries its videos
-        # again one by one and records the one that keeps failing, as the local engine's pool does
-        ctx.max_errored_blocks = -1
+        settings = {
+            "preserve_order": True,  # rows come back in input order, as the local engine's
+            "enable_progress_bars": False,  # the CLI draws its own
+            "print_on_execution_start": False,
+            # a block whose decode task died after its retries is dropped, not fatal: extract() tries its
+            # videos again one by one and records the one that keeps failing, as the local engine's pool does
+            "max_errored_blocks": -1,
+        }
+        if self._saved is None:  # put back in close(): a caller's own Ray Data work keeps its settings
+            self._saved = {k: _ctx_get(ctx, k) for k in settings}
+            self._saved["log_level"] = logging.getLogger("ray.data").level
+        for k, v in settings.items():
+            _ctx_set(ctx, k, v)
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as exceptions or rows
         return ray
 
@@ -103,6 +110,17 @@ class RayEngine:
         return ray.data.ActorPoolStrategy(min_size=1, max_size=n), per | {"memory": memory}, where
 
     def close(self) -> None:
+        if self._saved is not None:
+            import logging
+
+            import ray.data
+
+            ctx = ray.data.DataContext.get_current()
+            level = self._saved.pop("log_level")
+            for k, v in self._saved.items():
+                _ctx_set(ctx, k, v)
+            logging.getLogger("ray.data").setLevel(level)
+            self._saved = None
         if self._started:
             import ray
 
@@ -263,6 +281,17 @@ class _Encoder:
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
+def _ctx_get(ctx: Any, key: str) -> Any:
+    return ctx.execution_options.preserve_order if key == "preserve_order" else getattr(ctx, key)
+
+
+def _ctx_set(ctx: Any, key: str, value: Any) -> None:
+    if key == "preserve_order":
+        ctx.execution_options.preserve_order = value
+    else:
+        setattr(ctx, key, value)
+
+
 def _rows(batch: dict[str, np.ndarray], plan: ExtractPlan) -> Iterator[Row]:
     import json
 
