@@ -2,7 +2,7 @@
 
 extract:  paths -> ``map`` (decode and sample one video, a CPU task) -> ``map_batches`` with a callable class that
           holds the backbone (an actor pool, one GPU per actor on GPU nodes) -> rows, in input order, streamed
-          back to the driver, which writes them to the same journal as the local engine. Resuming, failure
+          back to this process, which writes them to the same journal as the local engine. Resuming, failure
           records and the artifact are therefore those of the local engine; so are the rows, bit for bit
           (every forward pass has the same shape, see ``extract.embed_clips``).
 encode:   feature blocks of ``batch_size`` videos -> ``map_batches`` with a callable class that holds the model
@@ -43,7 +43,10 @@ class RayEngine:
     """``address``: None starts a Ray instance on this machine (stopped at the end); "auto" joins the cluster
     this machine belongs to; "ray://HOST:PORT" connects through Ray Client. A Ray connection the caller already
     made (``ray.init`` before) is used as it is and left open. ``actors``: the most inference actors (default:
-    one per GPU, else 3/4 of the CPUs for extract and all of them for encode)."""
+    one per GPU, else 3/4 of the CPUs for extract and all of them for encode).
+
+    The pipeline itself runs in an actor on the cluster (``_Driver``) that hands its batches to this process:
+    Ray Data cannot be driven through Ray Client, and this way neither address kind is a special case."""
 
     name = "ray"
 
@@ -54,7 +57,6 @@ class RayEngine:
         self._started = False
         self._weights: Any = None  # object ref of the backbone checkpoint's bytes
         self._weights_bytes = 0
-        self._saved: dict[str, Any] | None = None  # DataContext settings to put back
         self._info: BackboneInfo | None = None
 
     # ---- cluster -------------------------------------------------------------------------------------------
@@ -73,31 +75,15 @@ class RayEngine:
                 raise BackendError(f"cannot start or reach the Ray cluster "
                                    f"{self.address or '(local)'}: {_first_line(e)}") from None
             self._started = True
-        ctx = ray.data.DataContext.get_current()
-        settings = {
-            "preserve_order": True,  # rows come back in input order, as the local engine's
-            "enable_progress_bars": False,  # the CLI draws its own
-            "print_on_execution_start": False,
-            # a block whose decode task died after its retries is dropped, not fatal: extract() tries its
-            # videos again one by one and records the one that keeps failing, as the local engine's pool does
-            "max_errored_blocks": -1,
-        }
-        if self._saved is None:  # put back in close(): a caller's own Ray Data work keeps its settings
-            self._saved = {k: _ctx_get(ctx, k) for k in settings}
-            self._saved["log_level"] = logging.getLogger("ray.data").level
-        for k, v in settings.items():
-            _ctx_set(ctx, k, v)
-        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as exceptions or rows
         return ray
 
-    def _pool(self, ray: Any, model_bytes: int = 0, cpu_share: float = 0.75) -> tuple[Any, dict[str, Any], str]:
-        """The actor pool and each actor's resources: one GPU per actor where the cluster has GPUs, else one CPU
-        per actor on ``cpu_share`` of the CPUs (extract: 3/4, the rest decodes; a MobileNetV2 pass costs about
-        4 times the decoding of its frames, docs/scale-out.md).
+    def _pool(self, ray: Any, model_bytes: int = 0, cpu_share: float = 0.75) -> tuple[dict[str, Any], str]:
+        """The inference actor pool: one GPU per actor where the cluster has GPUs, else one CPU per actor on
+        ``cpu_share`` of the CPUs (extract: 3/4, the rest decodes; a MobileNetV2 pass costs about 4 times the
+        decoding of its frames, docs/scale-out.md).
 
-        Each actor also reserves memory for its model and a pass's activations, which keeps Ray from fusing
-        the decode tasks into the actors (it fuses a task stage into an actor stage with equal resources),
-        so decoding and inference overlap on different CPUs."""
+        Each actor also reserves memory for its model and a pass's activations, so that Ray places no more
+        actors on a node than fit."""
         res = ray.cluster_resources()
         gpus, cpus = int(res.get("GPU", 0)), int(res.get("CPU", 1))
         memory = 4 * model_bytes + (512 << 20)
@@ -107,20 +93,25 @@ class RayEngine:
         else:
             n = self.actors or max(1, int(cpus * cpu_share))
             per, where = {"num_cpus": 1}, f"Ray cluster, {n} CPU inference actor(s) ({cpus} CPU, no GPU)"
-        return ray.data.ActorPoolStrategy(min_size=1, max_size=n), per | {"memory": memory}, where
+        return {"actors": n, "per_actor": per | {"memory": memory}}, where
+
+    def _stream(self, ray: Any, kind: str, **args: Any) -> Iterator[dict[str, np.ndarray]]:
+        """Batches of a pipeline run by a driver actor on the cluster, two requests ahead."""
+        driver = ray.remote(num_cpus=0, max_restarts=0)(_Driver).remote()
+        try:
+            with _ray_errors():
+                ray.get(driver.start.remote(kind, **args))
+                pending = [driver.next.remote() for _ in range(2)]
+                while True:
+                    batch = ray.get(pending.pop(0))
+                    if batch is None:
+                        return
+                    pending.append(driver.next.remote())
+                    yield batch
+        finally:
+            ray.kill(driver)
 
     def close(self) -> None:
-        if self._saved is not None:
-            import logging
-
-            import ray.data
-
-            ctx = ray.data.DataContext.get_current()
-            level = self._saved.pop("log_level")
-            for k, v in self._saved.items():
-                _ctx_set(ctx, k, v)
-            logging.getLogger("ray.data").setLevel(level)
-            self._saved = None
         if self._started:
             import ray
 
@@ -137,7 +128,7 @@ class RayEngine:
         data = path.read_bytes()
         self._weights = ray.put(data)
         self._weights_bytes = len(data)
-        _, _, where = self._pool(ray)
+        _, where = self._pool(ray)
         self._info = BackboneInfo(str(path), digest, where)
         return self._info
 
@@ -146,60 +137,100 @@ class RayEngine:
             return
         ray = self._connect()
         seen: set[int] = set()
-        yield from self._pipeline(ray, todo, range(len(todo)), plan, seen, per_block=plan.videos_per_pass)
+        yield from self._extract(ray, todo, range(len(todo)), plan, seen, per_block=plan.videos_per_pass)
         lost = [i for i in range(len(todo)) if i not in seen]
         if lost:
             # a decode task that kills its worker (a decoder crash, not an error) fails its block after Ray's
             # retries; the videos of such blocks are tried again one per block, which isolates the culprit
-            yield from self._pipeline(ray, todo, lost, plan, seen, per_block=1)
+            yield from self._extract(ray, todo, lost, plan, seen, per_block=1)
             yield [("err", todo[i][0], todo[i][1], "its Ray task failed on every try, even alone (the decoder "
                     "crashes on this file?)") for i in lost if i not in seen]
 
-    def _pipeline(self, ray: Any, todo: list[tuple[str, str]], which: Any, plan: ExtractPlan, seen: set[int],
-                  per_block: int) -> Iterator[list[Row]]:
-        pool, per_actor, _ = self._pool(ray, self._weights_bytes)
+    def _extract(self, ray: Any, todo: list[tuple[str, str]], which: Any, plan: ExtractPlan, seen: set[int],
+                 per_block: int) -> Iterator[list[Row]]:
+        pool, _ = self._pool(ray, self._weights_bytes)
         items = [{"i": i, "id": todo[i][0], "path": os.fsencode(todo[i][1]).hex()} for i in which]
-        ds = ray.data.from_items(items, override_num_blocks=max(1, len(items) // per_block))
-        # Ray Data retries a task without end by default: a file that crashes the decoder would stall the run
-        ds = ds.map(_decode_row, fn_kwargs={"plan": plan}, num_cpus=1, max_retries=_DECODE_RETRIES)
-        ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"plan": plan, "weights": [self._weights],
-                                                               "sha256": self._info.weights_sha256},
-                            batch_size=plan.videos_per_pass, batch_format="numpy", compute=pool, **per_actor)
-        with _ray_errors():
-            for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                seen.update(int(i) for i in batch["i"])
-                yield list(_rows(batch, plan))
+        for batch in self._stream(ray, "extract", items=items, per_block=per_block, plan=plan,
+                                  weights=[self._weights], sha256=self._info.weights_sha256, pool=pool):
+            seen.update(int(i) for i in batch["i"])
+            yield list(_rows(batch, plan))
 
     # ---- encode --------------------------------------------------------------------------------------------
     def encode(self, model: Any, model_path: str, feats: np.ndarray, *, batch_size: int, device: str,
                ssm_backend: str, progress: Any) -> np.ndarray:
         ray = self._connect()
-        pool, per_actor, where = self._pool(ray, os.path.getsize(model_path), cpu_share=1.0)
+        pool, where = self._pool(ray, os.path.getsize(model_path), cpu_share=1.0)
         progress.log(f"encoding on the {where}")
         n = feats.shape[0]
         # one block per forward pass of the local engine: the same rows meet in the same pass
-        blocks = [np.ascontiguousarray(feats[s:s + batch_size]) for s in range(0, n, batch_size)]
-        ds = ray.data.from_numpy(blocks)
+        blocks = [ray.put(np.ascontiguousarray(feats[s:s + batch_size])) for s in range(0, n, batch_size)]
         with open(model_path, "rb") as f:
             ref = ray.put(f.read())
-        ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"model": [ref], "ssm_backend": ssm_backend,
-                                                              "device": device},
-                            batch_size=None, batch_format="numpy", compute=pool, **per_actor)
         out = np.empty((n, model.cfg.bits // 8), np.uint8)
         at = 0
         progress.start("encode", total=n)
         try:
-            with _ray_errors():
-                for batch in ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2):
-                    codes = batch["codes"]
-                    out[at:at + len(codes)] = codes
-                    at += len(codes)
-                    progress.advance(len(codes))
+            for batch in self._stream(ray, "encode", blocks=blocks, model=[ref], ssm_backend=ssm_backend,
+                                      device=device, pool=pool):
+                codes = batch["codes"]
+                out[at:at + len(codes)] = codes
+                at += len(codes)
+                progress.advance(len(codes))
         finally:
             progress.finish()
         if at != n:
             raise BackendError(f"the Ray pipeline returned {at} codes for {n} videos")
         return out
+
+
+class _Driver:
+    """Builds and runs one Ray Data pipeline on the cluster and hands out its batches one call at a time."""
+
+    def __init__(self) -> None:
+        import logging
+
+        import ray.data
+
+        ctx = ray.data.DataContext.get_current()  # this process's own: the caller's settings are untouched
+        ctx.execution_options.preserve_order = True  # rows come back in input order, as the local engine's
+        ctx.enable_progress_bars = False  # the CLI draws its own
+        ctx.print_on_execution_start = False
+        # a block whose decode task died after its retries is dropped, not fatal: extract() tries its videos
+        # again one by one and records the one that keeps failing, as the local engine's pool does
+        ctx.max_errored_blocks = -1
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures come back as exceptions or rows
+        self._it: Iterator[Any] | None = None
+
+    def start(self, kind: str, pool: dict[str, Any], **args: Any) -> None:
+        import ray.data
+
+        compute = ray.data.ActorPoolStrategy(min_size=1, max_size=pool["actors"])
+        if kind == "extract":
+            plan = args["plan"]
+            ds = ray.data.from_items(args["items"], override_num_blocks=max(1, len(args["items"]) // args["per_block"]))
+            # Ray Data retries a task without end by default: a file that crashes its decoder would stall the
+            # run. (Remote arguments given as a function also keep Ray from fusing these tasks into the
+            # actors below, so decoding and inference overlap on different CPUs.)
+            ds = ds.map(_decode_row, fn_kwargs={"plan": plan}, num_cpus=1, ray_remote_args_fn=_decode_task_args)
+            ds = ds.map_batches(_Embedder, fn_constructor_kwargs={"plan": plan, "weights": args["weights"],
+                                                                   "sha256": args["sha256"]},
+                                batch_size=plan.videos_per_pass, batch_format="numpy", compute=compute,
+                                **pool["per_actor"])
+        else:
+            # one block per forward pass of the local engine; each block is one call
+            ds = ray.data.from_numpy_refs(args["blocks"])
+            ds = ds.map_batches(_Encoder, fn_constructor_kwargs={"model": args["model"],
+                                                                  "ssm_backend": args["ssm_backend"],
+                                                                  "device": args["device"]},
+                                batch_size=None, batch_format="numpy", compute=compute, **pool["per_actor"])
+        self._it = iter(ds.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=2))
+
+    def next(self) -> dict[str, np.ndarray] | None:
+        return next(self._it, None)
+
+
+def _decode_task_args() -> dict[str, Any]:
+    return {"max_retries": _DECODE_RETRIES}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -281,17 +312,6 @@ class _Encoder:
 # ----------------------------------------------------------------------------------------------------------
 # helpers
 # ----------------------------------------------------------------------------------------------------------
-def _ctx_get(ctx: Any, key: str) -> Any:
-    return ctx.execution_options.preserve_order if key == "preserve_order" else getattr(ctx, key)
-
-
-def _ctx_set(ctx: Any, key: str, value: Any) -> None:
-    if key == "preserve_order":
-        ctx.execution_options.preserve_order = value
-    else:
-        setattr(ctx, key, value)
-
-
 def _rows(batch: dict[str, np.ndarray], plan: ExtractPlan) -> Iterator[Row]:
     import json
 
