@@ -237,3 +237,47 @@ def test_crashing_decoder_is_isolated(tmp_path):
     want = read_features(tmp_path / "local.h5")
     order = [got.ids.index(os.path.basename(i)) for i in want.ids]
     np.testing.assert_allclose(got.feats[order], want.feats, rtol=0, atol=1e-6)
+
+
+CLIENT = r"""
+set -e
+ray start --head --port=6379 --ray-client-server-port=10001 --num-cpus=2 --object-store-memory=268435456 \
+    --include-dashboard=false --node-ip-address=127.0.0.1 --disable-usage-stats > "$1/ray-start.log" 2>&1
+trap 'ray stop --force > /dev/null 2>&1' EXIT
+for address in ray://127.0.0.1:10001 auto; do
+    name=$(echo "$address" | tr -c 'a-z0-9\n' _)
+    python -m s5vh_cli extract "$2" -o "$1/$name.h5" --frames 4 --batch-size 8 --weights "$3" --device cpu \
+        --quiet --engine ray --ray-address "$address"
+done
+"""
+
+
+@pytest.mark.slow
+def test_ray_client_and_auto_addresses(tmp_path):
+    """A cluster started with `ray start`, reached through Ray Client (ray://) and as "auto" (about 60 s)."""
+    pytest.importorskip("ray.data", reason="needs s5vh[distributed]")
+    need_assets(MNV2)
+    vids = tmp_path / "vids"
+    vids.mkdir()
+    for i in range(3):
+        make_index_video(vids / f"v{i}.mp4", 12 + 3 * i)
+    mark = f"ray-client-{tmp_path}"
+    ray_tmp = Path(tempfile.mkdtemp(prefix="s5vh-ray-"))
+    bindir = str(Path(sys.executable).parent)
+    env = dict(os.environ, RAY_AUTH_MODE="disabled", RAY_TMPDIR=str(ray_tmp), S5VH_TEST_MARK=mark,
+               OMP_NUM_THREADS="1", PATH=os.pathsep.join([bindir, os.environ.get("PATH", "")]))
+    try:
+        p = subprocess.run(private_net(["bash", "-c", CLIENT, "client", str(tmp_path), str(vids), str(MNV2)]),
+                           env=env, capture_output=True, text=True, timeout=600)
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
+    assert p.returncode == 0, p.stderr[-4000:]
+    for _ in range(100):
+        if not marked_processes(mark):
+            break
+        time.sleep(0.2)
+    assert not marked_processes(mark)
+    extract([str(vids)], tmp_path / "local.h5", config=ExtractConfig(frames=T, batch_size=BATCH),
+            weights=str(MNV2), device="cpu", workers=0)
+    for name in ("ray___127_0_0_1_10001", "auto"):
+        assert_same_artifact(tmp_path / f"{name}.h5", tmp_path / "local.h5")
