@@ -197,8 +197,9 @@ def launch(nproc: int, args: list[str], *, max_restarts: int = 0) -> int:
     """Run ``s5vh ARGS`` on ``nproc`` ranks of this machine under torchrun; returns torchrun's exit code.
 
     The rendezvous is on 127.0.0.1 with a fresh job id (so a restarted attempt knows its own checkpoints);
-    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 keeps restarts working after a rank dies right after joining (gloo
-    otherwise fails every restart with "connectFullMesh failed"); gloo talks over the loopback interface.
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives the ranks a store of their own, which keeps restarts working
+    after a rank dies right after joining (gloo was seen to fail every restart with "connectFullMesh failed"
+    otherwise, depending on timing); gloo talks over the loopback interface.
     """
     if nproc < 1:
         raise InputError(f"--nproc must be at least 1, got {nproc}")
