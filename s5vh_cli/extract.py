@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -43,6 +43,9 @@ from .artifacts import (
 from .config import ExtractConfig
 from .errors import ArtifactError, InputError, MismatchError, S5VHError, VideoError
 from .progress import NULL, Progress
+
+if TYPE_CHECKING:
+    from .engines import ExtractEngine, ExtractPlan
 
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 _MAGIC = b"S5VH-extract-journal 1\n"
@@ -491,6 +494,30 @@ def _embed(embedder, clips: list[Any]) -> np.ndarray:
     return embedder.embed(np.concatenate([c.frames for c in clips]))
 
 
+def videos_per_pass(batch_size: int, frames: int) -> int:
+    """Whole videos per forward pass: enough to reach ``batch_size`` frames."""
+    return max(1, -(-batch_size // frames))
+
+
+def embed_clips(embedder, clips: list[Any], videos: int) -> np.ndarray:
+    """Features of the frames of ``clips`` (at most ``videos`` of them) in one batch: float32 [sum T, D].
+
+    The batch always holds ``videos`` clips' worth of frames, the missing ones as zero frames: a frame's features
+    depend on the size of the batch it was computed in (the CPU kernels pick their algorithm by batch size; up
+    to 6e-6 apart measured on MobileNetV2), never on the other frames in it. A fixed size makes every row the
+    same whichever videos share its batch: the last batch of a run, a resumed run and every engine agree exactly.
+    """
+    if len(clips) > videos:
+        raise ValueError(f"embed_clips: {len(clips)} clips for a pass of {videos}")
+    n = sum(len(c.frames) for c in clips)
+    short = videos * len(clips[0].frames) - n
+    if short <= 0:
+        return _embed(embedder, clips)
+    pad = _video.Clip(path="", frames=np.zeros((short, *clips[0].frames.shape[1:]), np.uint8),
+                      indices=np.zeros(0), times=np.zeros(0), frame_count=0, fps=0.0, duration=0.0, valid=0)
+    return _embed(embedder, [*clips, pad])[:n]
+
+
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
     return {"id": vid, "path": os.fsencode(clip.path).hex(), "duration": float(clip.duration),
             "fps": float(clip.fps), "frame_count": int(clip.frame_count), "valid_frames": int(clip.valid),
@@ -502,15 +529,18 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             weights: str | None = None, device: str = "auto", workers: int | None = None,
             threads: int | None = None, stdin: Iterable[str] | None = None,
             progress: Progress = NULL, items: list[tuple[str, str]] | None = None,
-            allow_empty: bool = False) -> ExtractResult:
+            allow_empty: bool = False, engine: ExtractEngine | None = None) -> ExtractResult:
     """Extract features of every video in ``inputs`` into ``out`` (resuming a partial or finished output).
 
     ``items`` ((id, absolute path) pairs, as ``collect_inputs`` makes them) replaces ``inputs`` when given.
-    Raises VideoError when no video at all could be extracted (with ``allow_empty``, returns a result with no
-    videos and the failures, writing nothing); individual failures are recorded, not raised.
+    ``engine`` runs the decoding and inference (s5vh_cli.engines; default: this machine with ``workers``
+    decode processes and the backbone runtime of ``config``). Raises VideoError when no video at all could be
+    extracted (with ``allow_empty``, returns a result with no videos and the failures, writing nothing);
+    individual failures are recorded, not raised.
     """
     from .backbones import get_spec
-    from .runtimes import load_embedder
+    from .engines import ExtractPlan
+    from .engines.local import LocalEngine
 
     cfg = config or ExtractConfig()
     spec = get_spec(cfg.backbone)
@@ -539,57 +569,71 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         import torch
 
         torch.set_num_threads(threads)
-    model, choice = load_embedder(cfg.backbone, weights, runtime=cfg.runtime, precision=cfg.precision,
-                                  device=device, threads=threads, batch_size=cfg.batch_size)
+    engine = engine or LocalEngine(workers=workers)
+    plan = ExtractPlan(backbone=cfg.backbone, weights=weights, frames=cfg.frames, sampling=str(sampling),
+                       size=spec.input_size, resize=spec.resize,
+                       videos_per_pass=videos_per_pass(cfg.batch_size, cfg.frames), device=device,
+                       runtime=cfg.runtime, precision=cfg.precision, decoder=cfg.decoder, threads=threads)
+    try:
+        return _extract(engine, plan, items, out, cfg, spec, progress, notes, allow_empty)
+    finally:
+        engine.close()
+
+
+def _extract(engine: ExtractEngine, plan: ExtractPlan, items: list[tuple[str, str]], out: Path, cfg: ExtractConfig,
+             spec: Any, progress: Progress, notes: list[str], allow_empty: bool) -> ExtractResult:
+    model = engine.open_backbone(plan)
     for note in model.notes:
         progress.log(note)
-    workers = default_workers(model.runtime if model.device == "cpu" else "torch") if workers is None else workers
-    progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on "
-                 f"{model.describe()} ({choice.reason}); {workers} decode worker(s)")
-    settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": str(sampling),
+    progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on {model.where}")
+    settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": plan.sampling,
                 "frames": cfg.frames, "feature_dim": spec.feature_dim, "dtype": cfg.dtype,
                 "preprocess": preprocess_string(spec.input_size, spec.resize), "precision": model.precision,
                 "weights_file": os.path.basename(model.weights_path)}
-    run_cfg = asdict(cfg) | {"sampling": str(sampling)} | model.record()
-    prov = provenance("extract", run_cfg | {"preprocess": settings["preprocess"]}, {"backbone": model.weights_sha256})
+
+    def prov() -> dict[str, Any]:  # after the run: an engine may learn what its workers resolved ("auto")
+        run_cfg = asdict(cfg) | {"sampling": plan.sampling} | model.record
+        return provenance("extract", run_cfg | {"preprocess": settings["preprocess"]},
+                          {"backbone": model.weights_sha256})
+
     t0 = time.perf_counter()
+
+    def result(**kw: Any) -> ExtractResult:
+        return ExtractResult(out=str(out), device=model.where, weights=model.weights_path, runtime=model.runtime,
+                             notes=notes, **kw)
+
     with output_lock(out, wait=False), _journal_errors(out):
         part = out.with_name(out.name + ".partial")
         if out.exists() and not part.exists():
             done_ids = _finished_ids(out, settings)
             if all(v in done_ids for v, _ in items):  # nothing new: leave the output as it is
                 progress.log(f"{out}: all {len(items)} video(s) already extracted")
-                return ExtractResult(out=str(out), videos=len(done_ids), extracted=0, skipped=len(items),
-                                     device=model.device, weights=model.weights_path, runtime=model.describe(),
-                                     notes=notes)
+                return result(videos=len(done_ids), extracted=0, skipped=len(items))
         j = _open_journal(out, settings, progress)
         try:
             done = {head["id"] for head, _ in j.rows}
             todo = [(v, p) for v, p in items if v not in done]
             skipped = len(items) - len(todo)
-            extracted, frames_done = _run(j, todo, cfg, spec, model, workers, progress)
+            extracted, frames_done = _run(j, todo, cfg, engine, plan, progress)
             elapsed = time.perf_counter() - t0
             if not j.rows:
                 j.f.close()
                 j.path.unlink(missing_ok=True)
                 if allow_empty:
-                    return ExtractResult(out=str(out), videos=0, extracted=0, skipped=skipped,
-                                         failed=list(j.failures), seconds=elapsed, device=model.device,
-                                         weights=model.weights_path, runtime=model.describe(), notes=notes)
+                    return result(videos=0, extracted=0, skipped=skipped, failed=list(j.failures), seconds=elapsed)
                 first = j.failures[0] if j.failures else ("", "no input")
                 raise VideoError(f"no video could be extracted: {len(j.failures)} failed "
                                  f"(first: {display_path(first[0])}: {first[1]})")
             j.commit()
             if not (j.from_finished and extracted == 0 and not j.failures):  # else the output is already right
-                _finalise(j, out, cfg, prov)
+                _finalise(j, out, cfg, prov())
         finally:
             if not j.f.closed:
                 j.f.close()
         j.path.unlink(missing_ok=True)
-    return ExtractResult(out=str(out), videos=len(j.rows), extracted=extracted, skipped=skipped,
-                         failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
-                         videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
-                         device=model.device, weights=model.weights_path, runtime=model.describe(), notes=notes)
+    return result(videos=len(j.rows), extracted=extracted, skipped=skipped, failed=list(j.failures),
+                  frames_per_s=frames_done / elapsed if elapsed else 0.0,
+                  videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed)
 
 
 @contextlib.contextmanager
@@ -604,43 +648,35 @@ def _journal_errors(out: Path) -> Iterator[None]:
         raise InputError(f"{part}: {why}; videos already done are kept there, rerun to resume") from None
 
 
-def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, model, workers: int,
+def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, engine: ExtractEngine, plan: ExtractPlan,
          progress: Progress) -> tuple[int, int]:
     dtype = np.dtype(cfg.dtype)
     progress.start("extract", total=len(todo))
     t0 = time.perf_counter()
     extracted = frames_done = 0
-    batch: list[tuple[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal extracted, frames_done
-        if not batch:
-            return
-        feats = _embed(model, [c for _, c in batch])
-        t = cfg.frames
-        for k, (vid, clip) in enumerate(batch):
-            j.add_video(_row_head(vid, clip), feats[k * t:(k + 1) * t].astype(dtype))
-        j.commit()  # a kill after this point loses nothing of this batch
-        extracted += len(batch)
-        frames_done += len(batch) * t
-        dt = max(time.perf_counter() - t0, 1e-9)
-        progress.advance(len(batch), **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
-                                        "failed": len(j.failures)})
-        batch.clear()
-
     try:
-        for vid, path, status, value in _decoded(todo, cfg, spec.input_size, spec.resize, workers):
-            if status == "err":
-                j.add_failure(path, value)
-                progress.log(f"failed: {display_path(path)}: {value}")
-                progress.advance(1, **{"failed": len(j.failures)})
-                continue
-            for note in value.notes:
-                progress.log(f"note: {display_path(path)}: {note}")
-            batch.append((vid, value))
-            if len(batch) * cfg.frames >= cfg.batch_size:
-                flush()
-        flush()
+        for rows in engine.extract(todo, plan):
+            done = 0
+            for row in rows:
+                if row[0] == "err":
+                    _, _, path, reason = row
+                    j.add_failure(path, reason)
+                    progress.log(f"failed: {display_path(path)}: {reason}")
+                    progress.advance(1, **{"failed": len(j.failures)})
+                    continue
+                _, vid, path, head, feats, notes = row
+                for note in notes:
+                    progress.log(f"note: {display_path(path)}: {note}")
+                j.add_video(head, np.asarray(feats).astype(dtype))
+                done += 1
+            if not done:
+                continue  # failures alone are committed with the next rows
+            j.commit()  # a kill after this point loses nothing of this batch
+            extracted += done
+            frames_done += done * cfg.frames
+            dt = max(time.perf_counter() - t0, 1e-9)
+            progress.advance(done, **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
+                                      "failed": len(j.failures)})
     finally:
         progress.finish()
     return extracted, frames_done
@@ -679,7 +715,7 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
 
     def flush() -> None:
         if pending:
-            f = _embed(model, [c for _, c in pending])
+            f = embed_clips(model, [c for _, c in pending], videos_per_pass(batch_size, frames))
             for k, (i, _) in enumerate(pending):
                 feats[i] = f[k * frames:(k + 1) * frames]
             progress.advance(len(pending))

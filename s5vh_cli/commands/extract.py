@@ -42,6 +42,11 @@ def extract_command(
                                   "float16 (GPU)."),
     decoder: str = typer.Option("auto", "--decoder", help="Video decoder: auto (PyAV when installed), pyav or "
                                 "opencv; both give the same frames."),
+    engine: str = typer.Option("local", "--engine", help="local: this machine (decode worker processes); ray: "
+                               "a Ray Data pipeline on a Ray cluster (needs s5vh[distributed]; docs/scale-out.md)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: auto (the cluster "
+                                           "this machine belongs to) or ray://HOST:PORT (Ray Client) "
+                                           "[default: start Ray on this machine for this run]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -54,6 +59,7 @@ def extract_command(
 
     prefer_passive_openmp()  # before torch loads: torch's spinning OpenMP pool collapses on shared cores
     from ..config import ExtractConfig
+    from ..engines import get_engine
     from ..errors import InputError, VideoError
     from ..extract import extract
 
@@ -69,11 +75,17 @@ def extract_command(
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
     if dtype not in ("float32", "float16"):
         raise InputError(f"--dtype must be float32 or float16, got {dtype!r}")
+    if engine != "local" and workers is not None:
+        raise typer.BadParameter("sets the local engine's decode processes; Ray schedules its own tasks",
+                                 param_hint="--workers")
+    if engine != "ray" and ray_address is not None:
+        raise typer.BadParameter("needs --engine ray", param_hint="--ray-address")
     cfg = ExtractConfig(backbone=backbone, frames=frames, sampling="uniform" if fps is None else f"fps={fps:g}",
                         batch_size=batch_size, dtype=dtype, runtime=runtime, precision=precision, decoder=decoder)
     sink = RichProgressSink(quiet=quiet)
     result = extract(inputs, output, config=cfg, weights=None if weights is None else str(weights), device=device,
-                     workers=workers, threads=threads, progress=sink)
+                     threads=threads, progress=sink,
+                     engine=get_engine(engine, workers=workers, ray_address=ray_address))
     if as_json:
         print_json(result.as_dict())
     elif not quiet:

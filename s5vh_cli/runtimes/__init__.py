@@ -266,7 +266,7 @@ def supports(runtime: str, precision: str, device_type: str) -> bool:
     return False
 
 
-def _resolve_precision(precision: str, device_type: str) -> str:
+def resolve_precision(precision: str, device_type: str) -> str:
     p = (precision or "auto").strip().lower()
     p = {"f32": "float32", "fp32": "float32", "bf16": "bfloat16", "f16": "float16", "fp16": "float16"}.get(p, p)
     if p == "auto":
@@ -394,7 +394,7 @@ def _load(backbone: str, weights: str | None, runtime: str, precision: str, devi
     if runtime not in ("auto", *RUNTIMES):
         raise InputError(f"runtime must be auto, {', '.join(RUNTIMES)}; got {runtime!r}")
     dev = resolve_device(device)
-    prec = _resolve_precision(precision, dev.type)
+    prec = resolve_precision(precision, dev.type)
     n_threads = threads or usable_cores()
     if runtime != "auto":
         if runtime != "torch" and dev.type != "cpu":
