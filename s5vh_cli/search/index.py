@@ -61,7 +61,7 @@ _FILE_KEYS = ("file_size", "file_mtime_ns", "file_sha256")
 
 __all__ = ["HammingIndex", "IndexParams", "AddReport", "add_codes", "build_index", "check_recall", "meta_path",
            "open_index", "range_search", "remove", "resolve_keys", "search", "entry_identity", "index_lock", "merge_codes",
-           "drop_keys", "write_index", "migrate_index"]
+           "drop_keys", "write_index", "migrate_index", "verify_index"]
 
 
 def meta_path(index_path: str | os.PathLike) -> Path:
@@ -589,6 +589,26 @@ def migrate_index(src: str | os.PathLike, out: str | os.PathLike, backend: str, 
         write_index(new, out, "index migrate")
         h.backend.close()
     return new
+
+
+def verify_index(index_path: str | os.PathLike, progress: Progress | None = None) -> dict[str, Any]:
+    """Compare every stored key and code with the metadata and repair what differs (under the index lock).
+
+    Returns {"checked": N, "repaired": {...}} (empty when everything agreed). Only server backends can differ;
+    a faiss file's keys and (flat) codes are compared on every open."""
+    progress = progress or NULL
+    with index_lock(index_path):
+        h = open_index(index_path, progress=progress)
+        table = h.entries()
+        drift = h.backend.drift(table, h.next_key, full=True)
+        if drift:
+            progress.log(f"{index_path}: repairing {', '.join(f'{k} {v}' for k, v in drift.as_dict().items())}")
+            h.backend.repair(drift, table, h.next_key, progress)
+            if h.backend.ntotal != h.n or h.backend.drift(table, h.next_key, full=True):
+                raise ArtifactError(f"{index_path}: the {h.backend.name} backend still differs from the metadata "
+                                    "after repair")
+        h.backend.close()
+        return {"checked": h.n, "repaired": {**h.repaired, **(drift.as_dict() if drift else {})}}
 
 
 @dataclass
