@@ -289,9 +289,13 @@ def test_sync_and_dedup_on_a_milvus_index(milvus, opts, work, capsys):
 # ----------------------------------------------------------------------------------------------------------
 # refusals
 # ----------------------------------------------------------------------------------------------------------
-def test_collections_of_others_are_not_touched(milvus, opts, tmp_path, capsys):
+def test_collections_of_others_are_not_touched(milvus, opts, tmp_path, capsys, monkeypatch):
     a = make_codes(tmp_path / "a.h5", 50, bits=32)
     I.build_index(a, tmp_path / "one.bin", backend="milvus", backend_options=opts)
+    with monkeypatch.context() as m:  # a server that moved: the environment overrides the descriptor's uri
+        m.setenv("S5VH_MILVUS_URI", "http://127.0.0.1:9")
+        with pytest.raises(BackendError, match="cannot reach Milvus at http://127.0.0.1:9"):
+            I.open_index(tmp_path / "one.bin")
     with pytest.raises(InputError, match="already holds another s5vh index"):
         I.build_index(a, tmp_path / "two.bin", backend="milvus", backend_options=opts)
     other = opts["collection"] + "_x"

@@ -583,13 +583,26 @@ class MilvusBackend(IndexBackend):
     def search(self, queries: np.ndarray, k: int, key_below: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         if not 1 <= k <= MAX_K:
             raise InputError(f"--topk {k}: Milvus returns between 1 and {MAX_K} results per query")
+        if not self._exists:
+            return (np.full((queries.shape[0], k), np.iinfo(np.int32).max, dtype=np.int32),
+                    np.full((queries.shape[0], k), -1, dtype=np.int64))
+        # A filter makes Milvus scan with a bitset (measured up to 2x slower). The usual bound is the metadata's
+        # next_key, above which the server holds nothing unless a writer is at work (or died): search without it
+        # and repeat, filtered, only the queries whose answer holds such a key. When the k nearest of all rows
+        # lie below the bound, they are the k nearest of the rows below it.
+        late = key_below is not None and key_below >= self._bound
+        dist, keys = self._search_all(queries, k, "" if late else self._filter(key_below))
+        if late:
+            redo = np.flatnonzero((keys >= key_below).any(axis=1))
+            if redo.size:
+                dist[redo], keys[redo] = self._search_all(queries[redo], k, self._filter(key_below))
+        return dist, keys
+
+    def _search_all(self, queries: np.ndarray, k: int, expr: str) -> tuple[np.ndarray, np.ndarray]:
         nq = queries.shape[0]
         dist = np.full((nq, k), np.iinfo(np.int32).max, dtype=np.int32)
         keys = np.full((nq, k), -1, dtype=np.int64)
-        if not self._exists:
-            return dist, keys
         step = max(1, min(MAX_NQ, MAX_HITS // k))
-        expr = self._filter(key_below)
         for s in range(0, nq, step):
             for i, hits in enumerate(self._search(queries[s:s + step], k, expr)):
                 d, lb = self._hits(hits)
@@ -602,13 +615,16 @@ class MilvusBackend(IndexBackend):
             return [(np.empty(0, np.int32), np.empty(0, np.int64)) for _ in range(queries.shape[0])]
         hi = self._bound if key_below is None else int(key_below)
         band = {"radius": int(radius) + 1}  # Milvus keeps range_filter <= d < radius for HAMMING
+        late = hi >= self._bound  # unfiltered, then drop keys at or above the bound (see search)
         out: list[Candidates] = []
         for s in range(0, queries.shape[0], RANGE_NQ):
             chunk = queries[s:s + RANGE_NQ]
-            for i, hits in enumerate(self._search(chunk, MAX_K, self._filter(hi), band)):
+            for i, hits in enumerate(self._search(chunk, MAX_K, "" if late else self._filter(hi), band)):
                 d, lb = self._hits(hits)
                 if d.size >= MAX_K:  # the limit cut the answer: split the key range until each part fits
                     d, lb = self._range_split(chunk[i], band, 0, hi)
+                elif late:
+                    d, lb = d[lb < hi], lb[lb < hi]
                 out.append((d, lb))
         return out
 
