@@ -7,6 +7,7 @@ script (tests/milvus_server.py: its own network namespace, one relayed loopback 
     .venv/bin/python benchmarks/bench_milvus.py                        # 1M codes (about 15 min on 2 cores)
     .venv/bin/python benchmarks/bench_milvus.py --n 100000             # quicker
     .venv/bin/python benchmarks/bench_milvus.py --json out.json
+    .venv/bin/python benchmarks/bench_milvus.py --workflow            # metadata, open, add one, imports
 
 Recall@k is measured against exact search with the (distance, key) rule (faiss BFlat through s5vh's ranking
 rule, which the tests check against a brute force): ``recall`` counts a returned item as correct when it is no
@@ -19,12 +20,14 @@ server process. On a shared machine absolute numbers are noisy; the ratios withi
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -106,6 +109,80 @@ def recall(results: list[tuple[np.ndarray, np.ndarray]], exact: list[tuple[np.nd
     return hits / n, ids / n
 
 
+@contextlib.contextmanager
+def milvus_server(args: argparse.Namespace, report: dict[str, Any]) -> Iterator[str]:
+    """The server's uri: --uri, else a private server started here (and stopped at the end)."""
+    if args.uri:
+        try:
+            yield args.uri
+        finally:
+            report["load_average_end"] = os.getloadavg()[0]
+        return
+    from milvus_server import PrivateMilvus, why_unavailable
+
+    why = why_unavailable()
+    if why:
+        raise SystemExit(f"cannot start a private Milvus server: {why}")
+    with tempfile.TemporaryDirectory(prefix="s5vh-bench-milvus-", dir=args.data) as tmp:
+        server = PrivateMilvus(tmp)
+        server.start()
+        try:
+            report["milvus_start_s"] = server.start_seconds
+            report["milvus_idle_rss_mb"] = server.rss_bytes() / 1e6
+            report["_server"] = server
+            print(f"# private Milvus 2.3.5 at {server.uri}: started in {server.start_seconds:.1f} s, "
+                  f"{report['milvus_idle_rss_mb']:.0f} MB resident when idle", flush=True)
+            yield server.uri
+        finally:
+            report.pop("_server", None)
+            report["load_average_end"] = os.getloadavg()[0]
+            server.stop()
+
+
+def workflow(args: argparse.Namespace, uri: str, report: dict[str, Any]) -> None:
+    """What a user's commands pay on a library of ``args.n`` entries, per backend: the metadata file (the client
+    still reads the whole entry table), opening the index, adding one video, and the import of each client."""
+    import subprocess
+
+    from s5vh_cli import api, artifacts
+    from s5vh_cli.artifacts import Codes
+
+    rng = np.random.default_rng(1)
+    n, nb = args.n, args.bits // 8
+    with tempfile.TemporaryDirectory(prefix="s5vh-bench-wf-", dir=args.data) as d:
+        d = Path(d)
+
+        def codes_file(name: str, count: int, prefix: str) -> Path:
+            c = Codes(path=None, codes=rng.integers(0, 256, size=(count, nb), dtype=np.uint8),
+                      ids=[f"{prefix}{i:07d}" for i in range(count)],
+                      paths=[f"/videos/library/{prefix}{i:07d}.mp4" for i in range(count)], bits=args.bits,
+                      model_sha256="m" * 64)
+            artifacts.write_codes(d / name, c, artifacts.provenance("encode"), extra_attrs={"backbone": "mobilenet_v2"})
+            return d / name
+
+        lib, one = codes_file("lib.h5", n, "v"), codes_file("one.h5", 1, "new")
+        for backend, opts in (("faiss", None), ("milvus", {"uri": uri, "collection": "bench_workflow",
+                                                          "replace_collection": True})):
+            t0 = time.perf_counter()
+            api.build(lib, d / f"{backend}.bin", backend=backend, backend_options=opts)
+            t_build = time.perf_counter() - t0
+            t_open = best_of(lambda b=backend: api.open_index(d / f"{b}.bin").backend.close(), 3)
+            t0 = time.perf_counter()
+            api.add(d / f"{backend}.bin", one)
+            t_add = time.perf_counter() - t0
+            sizes = {p.name: p.stat().st_size for p in d.glob(f"{backend}.bin*")}
+            r = {"backend": backend, "build_s": t_build, "open_s": t_open, "add_one_s": t_add,
+                 "index_file_bytes": sizes.get(f"{backend}.bin"), "meta_bytes": sizes.get(f"{backend}.bin.meta.h5")}
+            report.setdefault("workflow", []).append(r)
+            print(f"{backend:7s} library of {n}: build {t_build:.1f} s, open {t_open:.2f} s, add one video "
+                  f"{t_add:.2f} s, index file {r['index_file_bytes']:,} B, metadata {r['meta_bytes']:,} B",
+                  flush=True)
+    for mod in ("faiss", "pymilvus"):
+        t = best_of(lambda m=mod: subprocess.run([sys.executable, "-c", f"import {m}"], check=True), 3)
+        report.setdefault("imports", {})[mod] = t
+        print(f"import {mod} in a fresh interpreter: {t:.2f} s (best of 3)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=1_000_000)
@@ -119,6 +196,8 @@ def main() -> None:
     ap.add_argument("--data", type=Path, default=None, help="data folder of the private server (default: a "
                     "temporary folder, removed afterwards)")
     ap.add_argument("--settle", type=float, default=20.0, help="seconds to wait after each Milvus build")
+    ap.add_argument("--workflow", action="store_true", help="only the per-command costs: metadata size, open, "
+                    "adding one video, client imports (see workflow())")
     ap.add_argument("--json", type=Path, default=None)
     args = ap.parse_args()
 
@@ -152,6 +231,13 @@ def main() -> None:
                 parts.append(fmt.format(r[key]))
         print(f"{method:40s} " + "  ".join(parts), flush=True)
 
+    if args.workflow:
+        with milvus_server(args, report) as uri:
+            workflow(args, uri, report)
+        if args.json:
+            args.json.write_text(json.dumps(report, indent=1))
+        return
+
     # ---- faiss ----------------------------------------------------------------------------------------
     base_rss = rss_bytes()
     t0 = time.perf_counter()
@@ -181,24 +267,8 @@ def main() -> None:
     ivf = None
 
     # ---- Milvus ---------------------------------------------------------------------------------------
-    server = None
-    tmp = None
-    uri = args.uri
-    if uri is None:
-        from milvus_server import PrivateMilvus, why_unavailable
-
-        why = why_unavailable()
-        if why:
-            raise SystemExit(f"cannot start a private Milvus server: {why}")
-        tmp = tempfile.TemporaryDirectory(prefix="s5vh-bench-milvus-", dir=args.data)
-        server = PrivateMilvus(tmp.name)
-        server.start()
-        uri = server.uri
-        report["milvus_start_s"] = server.start_seconds
-        report["milvus_idle_rss_mb"] = server.rss_bytes() / 1e6
-        print(f"# private Milvus 2.3.5 at {uri}: started in {server.start_seconds:.1f} s, "
-              f"{report['milvus_idle_rss_mb']:.0f} MB resident when idle", flush=True)
-    try:
+    with milvus_server(args, report) as uri:
+        server = report.pop("_server", None)
         for index_type in ("BIN_FLAT", "BIN_IVF_FLAT"):
             opts: dict[str, Any] = {"uri": uri, "collection": f"bench_{index_type.lower()}", "replace_collection": True}
             if index_type == "BIN_IVF_FLAT":
@@ -234,12 +304,6 @@ def main() -> None:
                     row(label + " (s5vh search, again)", queries_per_s=args.queries / t)
             be.client.drop_collection(opts["collection"])
             be.close()
-    finally:
-        report["load_average_end"] = os.getloadavg()[0]
-        if server is not None:
-            server.stop()
-        if tmp is not None:
-            tmp.cleanup()
     print(f"# load average at the end {report['load_average_end']:.1f}")
     if args.json:
         args.json.write_text(json.dumps(report, indent=1))
