@@ -282,6 +282,8 @@ def test_sync_and_dedup_on_a_milvus_index(milvus, opts, work, capsys):
     api.migrate(work / "index.bin", work / "f.bin", "faiss")
     groups = [api.dedup(work / name, radius=0).as_dict()["duplicate_groups"] for name in ("index.bin", "f.bin")]
     assert groups[0] == groups[1]
+    auto = [api.dedup(work / name).as_dict() for name in ("index.bin", "f.bin")]  # the threshold from the library
+    assert auto[0]["radius"] == auto[1]["radius"] and auto[0]["duplicate_groups"] == auto[1]["duplicate_groups"]
     assert any({m["path"] for m in g["members"]} >= {str(vids[1]), str(work / "videos" / "dup.mp4")}
                for g in groups[0])
 

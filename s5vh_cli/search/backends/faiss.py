@@ -109,8 +109,8 @@ class FaissBackend(IndexBackend):
     def build(cls, index_type: str, bits: int, entries: Entries, params: IndexParams, options: dict[str, Any],
               provenance: dict[str, Any], previous: bytes | None, progress: Progress) -> FaissBackend:
         if options:
-            raise InputError("the faiss backend takes no " + ", ".join("--" + k.replace("_", "-") for k in sorted(options))
-                             + " (those are milvus options)")
+            given = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+            raise InputError(f"the faiss backend takes no {given} (those are milvus options)")
         inner = cls._make_inner(index_type, bits, entries.codes, progress)
         b = cls(index_type, bits, params, _faiss().IndexBinaryIDMap2(inner), inner)
         b.check_params(params)
