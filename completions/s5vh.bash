@@ -7,7 +7,7 @@ _s5vh() {
     for ((i=1; i<COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
             -*) ;;
-            add|build|centers|dedup|demo|encode|eval|extract|index|info|query|remove|sync|train) path="$path ${COMP_WORDS[i]}" ;;
+            add|build|centers|dedup|demo|encode|eval|extract|index|info|migrate|query|remove|sync|train) path="$path ${COMP_WORDS[i]}" ;;
         esac
     done
     path="${path# }"
@@ -19,10 +19,11 @@ _s5vh() {
         "encode") COMPREPLY=($(compgen -W "-o --output --batch-size --device --ssm-backend --threads --engine --ray-address --quiet -q -h --help" -- "$cur")) ;;
         "eval") COMPREPLY=($(compgen -W "--labels -l --database -d --db-labels --protocol --labels-key --db-labels-key --model --k --no-full-map --plots --device --ssm-backend --batch-size --json -h --help" -- "$cur")) ;;
         "extract") COMPREPLY=($(compgen -W "-o --output --frames --fps --backbone --weights --batch-size --workers --device --dtype --strict --threads --runtime --precision --decoder --engine --ray-address --quiet -q --json -h --help" -- "$cur")) ;;
-        "index") COMPREPLY=($(compgen -W "-h --help add build info remove" -- "$cur")) ;;
+        "index") COMPREPLY=($(compgen -W "-h --help add build info migrate remove" -- "$cur")) ;;
         "index add") COMPREPLY=($(compgen -W "--on-existing --json -h --help" -- "$cur")) ;;
-        "index build") COMPREPLY=($(compgen -W "-o --out --type -t --nprobe --ef-search --nflip --json -h --help" -- "$cur")) ;;
-        "index info") COMPREPLY=($(compgen -W "--check -k --queries --nprobe --ef-search --nflip --json -h --help" -- "$cur")) ;;
+        "index build") COMPREPLY=($(compgen -W "-o --out --type -t --nprobe --ef-search --nflip --backend --uri --collection --nlist --replace-collection --json -h --help" -- "$cur")) ;;
+        "index info") COMPREPLY=($(compgen -W "--check --verify -k --queries --nprobe --ef-search --nflip --json -h --help" -- "$cur")) ;;
+        "index migrate") COMPREPLY=($(compgen -W "-o --out --backend --type -t --uri --collection --nlist --replace-collection --nprobe --ef-search --nflip --json -h --help" -- "$cur")) ;;
         "index remove") COMPREPLY=($(compgen -W "--id --key --path --ids-file --json -h --help" -- "$cur")) ;;
         "info") COMPREPLY=($(compgen -W "--device --json -h --help" -- "$cur")) ;;
         "query") COMPREPLY=($(compgen -W "--topk -k --radius -r --exclude-self --json --jsonl --model --weights --device --ssm-backend --batch-size --runtime --precision --nprobe --ef-search --nflip -h --help" -- "$cur")) ;;
