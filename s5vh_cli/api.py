@@ -31,8 +31,10 @@ from .search.index import (
     add_codes,
     build_index,
     check_recall,
+    migrate_index,
     open_index,
     remove,
+    verify_index,
 )
 from .search.moves import MoveReport, move_duplicates, undo_moves
 from .search.query import QueryOutcome, Searcher, query
@@ -40,8 +42,8 @@ from .search.sync import SyncPlan, SyncReport, plan_sync, sync
 
 __all__ = [
     "AddReport", "Codes", "DedupResult", "HammingIndex", "IndexParams", "MoveReport", "QueryOutcome", "Searcher",
-    "SyncPlan", "SyncReport", "add", "build", "check_recall", "dedup", "move_duplicates", "open_index",
-    "plan_sync", "query", "remove", "sync", "undo_moves",
+    "SyncPlan", "SyncReport", "add", "build", "check_recall", "dedup", "migrate", "move_duplicates", "open_index",
+    "plan_sync", "query", "remove", "sync", "undo_moves", "verify_index",
 ]
 
 
@@ -50,9 +52,13 @@ def _codes(codes: Codes | str | os.PathLike) -> Codes:
 
 
 def build(codes: Codes | str | os.PathLike | Sequence[Codes | str | os.PathLike], out: str | os.PathLike,
-          index_type: str = "BFlat", params: IndexParams | None = None, backend: str = "faiss",
+          index_type: str | None = None, params: IndexParams | None = None, backend: str = "faiss",
           backend_options: dict[str, Any] | None = None, progress: Progress | None = None) -> HammingIndex:
-    """Build an index at ``out`` from one or more codes files (or ``Codes``) of one model."""
+    """Build an index at ``out`` from one or more codes files (or ``Codes``) of one model.
+
+    ``backend="milvus"`` keeps the codes in a Milvus collection: ``backend_options={"uri": ..., "collection":
+    ..., "nlist": ...}`` (``nlist`` for ``index_type="BIN_IVF_FLAT"``). ``index_type`` defaults to the
+    backend's exact type."""
     parts = [codes] if isinstance(codes, (Codes, str, os.PathLike)) else list(codes)
     if not parts:
         from .errors import InputError
@@ -68,6 +74,14 @@ def add(index: str | os.PathLike, codes: Codes | str | os.PathLike, on_existing:
     return add_codes(index, _codes(codes), on_existing=on_existing, progress=progress)  # type: ignore[arg-type]
 
 
+def migrate(index: str | os.PathLike, out: str | os.PathLike, backend: str, index_type: str | None = None,
+            params: IndexParams | None = None, backend_options: dict[str, Any] | None = None,
+            progress: Progress | None = None) -> HammingIndex:
+    """Copy an index into ``backend`` at ``out`` under the same keys (see ``search.index.migrate_index``)."""
+    return migrate_index(index, out, backend, index_type, params=params, backend_options=backend_options,
+                         progress=progress)
+
+
 def dedup(index: str | os.PathLike | HammingIndex, radius: int | None = None,
           progress: Progress | None = None) -> DedupResult:
     """Duplicate groups of an index at ``radius`` bits (chosen from the library's distances when None)."""
@@ -75,5 +89,5 @@ def dedup(index: str | os.PathLike | HammingIndex, radius: int | None = None,
     return find_duplicates(h, radius=radius, progress=progress)
 
 
-# re-exported as they are: open_index, remove, query, Searcher, sync, plan_sync, check_recall,
+# re-exported as they are: open_index, remove, query, Searcher, sync, plan_sync, check_recall, verify_index,
 # move_duplicates, undo_moves

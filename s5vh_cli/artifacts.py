@@ -503,6 +503,7 @@ def check_feature_values(block: np.ndarray, name: str, where: str = "",
     flat = block.reshape(block.shape[0], -1)
     with np.errstate(invalid="ignore"):
         hi, lo = flat.max(axis=1), flat.min(axis=1)  # per video, without a full-size temporary; NaN propagates
+    hi, lo = hi.astype(np.float64), lo.astype(np.float64)  # float16 cannot hold the limit itself
     bad = ~(np.isfinite(hi) & np.isfinite(lo))
     if bad.any():
         raise error(f"{name}: 'feats' holds NaN or infinite values in {int(bad.sum())} video(s){where}")

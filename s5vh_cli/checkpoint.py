@@ -24,7 +24,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 def features_summary(features: Features) -> dict[str, Any]:
     return {"backbone": features.backbone, "backbone_sha256": features.backbone_sha256,
             "sampling": features.sampling, "frames": features.frames, "feature_dim": features.dim,
-            "sha256": features.sha256}
+            "precision": str(features.attrs.get("precision", "")), "sha256": features.sha256}
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig,

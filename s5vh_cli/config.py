@@ -188,6 +188,9 @@ class ExtractConfig:
     dtype: str = "float32"  # stored feature dtype: float32 or float16
     views: int = 0  # extra transformed renderings per video (s5vh_cli/views.py), stored as 'views' [N, V, T, D]
     view_seed: int = 0  # seeds the views' random edits (with each video's id)
+    runtime: str = "auto"  # backbone runtime: auto, torch, onnxruntime, openvino (s5vh_cli/runtimes)
+    precision: str = "auto"  # compute precision: auto (float32 on CPU, float16 on CUDA), float32, bfloat16, float16
+    decoder: str = "auto"  # video decoder: auto (PyAV when installed, else OpenCV), pyav, opencv
 
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {

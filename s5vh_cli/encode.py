@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from . import artifacts
+from . import artifacts, checkpoint
 from .artifacts import Codes
-from .checkpoint import load_model
 from .device import describe_device, resolve_device
 from .errors import InputError, MismatchError
 from .progress import NULL, Progress
+
+if TYPE_CHECKING:
+    from .engines import EncodeEngine
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -154,26 +157,32 @@ def _records(features: artifacts.Features) -> dict[str, np.ndarray]:
 def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike, out_path: str | os.PathLike,
                 batch_size: int = 256, device: str = "auto", ssm_backend: str = "auto",
                 progress: Progress | None = None, descriptor: str = "none", descriptor_frames: int = 8,
-                segment: float | None = None, hop: float | None = None) -> Codes:
+                segment: float | None = None, hop: float | None = None, engine: EncodeEngine | None = None) -> Codes:
     """Encode a features file with a model file and write the codes artifact (ids/paths and provenance kept);
     with ``descriptor`` soft or frames, also the float16 descriptors for re-ranking (``s5vh_cli.descriptors``).
 
     ``segment`` (seconds): one code per window of that length every ``hop`` seconds (default segment / 4) instead
     of one per video, for finding partial copies; rows get ids ``<video id>#t=<start>,<end>`` and the codes file
-    records each row's video and time range (``segments/*``, docs/artifacts.md)."""
+    records each row's video and time range (``segments/*``, docs/artifacts.md).
+
+    ``engine`` runs the model (s5vh_cli.engines; default: this process). Descriptors and windows are computed in
+    this process only."""
+    from .engines.local import LocalEngine
     from .ssm import resolve_backend
 
     progress = progress or NULL
     artifacts.check_not_input(out_path, {"model": model_path, "features": features_path})
     dev = resolve_device(device)
     features = artifacts.read_features(features_path)  # first: a bad features file is refused before any model work
-    model, meta = load_model(model_path, device="cpu")
+    model, meta = checkpoint.load_model(model_path, device="cpu")
     cfg = model.cfg
     backend_why = "transformer encoder: no selective scan" if cfg.method == "s5vh" else \
         f"{cfg.method}: a linear projection, no selective scan"
     if cfg.method == "s5vh" and cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
         model.set_backend(backend)
+    if (segment is not None or descriptor != "none") and engine is not None and engine.name != "local":
+        raise InputError(f"--descriptor and --segment run in this process; use --engine local, not {engine.name}")
     if segment is not None:
         return _encode_segments_file(model, meta, cfg, model_path, features, features_path, out_path, segment,
                                      hop, batch_size, dev, backend_why, progress, descriptor, descriptor_frames)
@@ -185,8 +194,17 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
         raise MismatchError(f"{features_path}: features come from backbone {features.backbone} but {model_path} "
                             f"was trained on {trained_on} features")
     progress.log(f"device: {describe_device(dev)}; selective scan: {backend_why}")
-    codes, desc = encode_with_descriptors(model, features.feats, descriptor, descriptor_frames,
-                                          batch_size=batch_size, device=dev, progress=progress)
+    engine = engine or LocalEngine()
+    try:
+        if descriptor != "none":
+            codes, desc = encode_with_descriptors(model, features.feats, descriptor, descriptor_frames,
+                                                  batch_size=batch_size, device=dev, progress=progress)
+        else:
+            desc = None
+            codes = engine.encode(model, str(model_path), features.feats, batch_size=batch_size, device=device,
+                                  ssm_backend=ssm_backend, progress=progress)
+    finally:
+        engine.close()
     model_sha = artifacts.sha256_file(model_path)
     result = Codes(path=Path(out_path), codes=codes, ids=features.ids, paths=features.paths, bits=cfg.bits,
                    model_sha256=model_sha, descriptors=desc, meta=_records(features))

@@ -25,12 +25,14 @@ from .artifacts import Centers, Features
 from .checkpoint import features_summary, keep_replaced_model, safe_torch_load, save_model, torch_save
 from .config import CentersConfig, ModelConfig, TrainConfig, to_dict
 from .device import describe_device, resolve_device
+from .engines.local import SingleProcess
 from .errors import ArtifactError, InputError, MismatchError
 from .losses import center_alignment_loss, dcl_loss, reconstruction_loss
 from .model import S5VH
 from .progress import NULL, Progress
 
 RUN_STATE_VERSION = 1
+LOCAL = SingleProcess()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -170,20 +172,22 @@ def _label_pred(model: S5VH, x: torch.Tensor, mode: str, tau_c: float) -> torch.
 
 
 def _step_losses(model: S5VH, x: torch.Tensor, masks: tuple[torch.Tensor, ...], targets: torch.Tensor,
-                 tcfg: TrainConfig, x2: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+                 tcfg: TrainConfig, x2: torch.Tensor | None = None, engine: Any = LOCAL) -> dict[str, torch.Tensor]:
     """Losses of one batch. ``x2``: the rendering the second view is cut from (default: ``x``, the paper)."""
     vis1, msk1, vis2, msk2 = (m.to(x.device) for m in masks)
     x2 = x if x2 is None else x2
     b = x.shape[0]
     # both views in one batched pass: every op is per sample, so this equals two separate passes
-    out = model(torch.cat([x, x2], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
+    out = engine.forward(model, torch.cat([x, x2], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
     rec = reconstruction_loss([out["recon"][:b], out["recon"][b:]],
                               [_gather_frames(x, msk1), _gather_frames(x2, msk2)])
     hard = None
-    if tcfg.reverse_negatives:
+    if tcfg.reverse_negatives:  # one process only (train refuses it with other engines)
         # the first view's frames in reverse order: same frames, opposite arrow of time
         hard = model.pool(model.frame_codes_visible(x.flip(1), vis1), vis1)
-    dcl = dcl_loss(out["mean_code"][:b], out["mean_code"][b:], tcfg.temperature, tcfg.tau_plus, hard)
+    # the other videos of the whole batch are the negatives: with several ranks, their codes are gathered
+    dcl = dcl_loss(engine.gather(out["mean_code"][:b]), engine.gather(out["mean_code"][b:]), tcfg.temperature,
+                   tcfg.tau_plus, hard)
     scale = 1.0 / (model.cfg.bits * tcfg.temperature_cluster)
     ca = center_alignment_loss([out["logits"][:b] * scale, out["logits"][b:] * scale], targets)
     total = rec + tcfg.alpha * dcl + tcfg.a_cluster * ca
@@ -206,6 +210,30 @@ def _validate(model: S5VH, feats: np.ndarray, idx: np.ndarray, labels: torch.Ten
             totals += float(loss) * len(bi)
             weights += len(bi)
     return totals / max(weights, 1)
+
+
+def _make_run_dir(rdir: Path, resume: bool) -> None:
+    if resume and not (rdir / "last.pt").exists():
+        raise InputError(f"{rdir / 'last.pt'}: nothing to resume (no checkpoint from an earlier run)")
+    try:
+        rdir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{rdir.parent}: cannot write here ({e.strerror or e})") from None
+
+
+def _read_state(last_path: Path, fingerprint: dict[str, Any], run_id: str | None = None) -> dict[str, Any] | None:
+    """The training state in ``last_path``, checked against this run's settings. With ``run_id`` (a restarted
+    torchrun job), only a state that job wrote, else None: the failed attempt may have died before its first."""
+    if not last_path.exists():
+        if run_id is not None:
+            return None
+        raise InputError(f"{last_path}: nothing to resume (no checkpoint from an earlier run)")
+    state = safe_torch_load(last_path, what="training checkpoint")
+    if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
+        raise InputError(f"{last_path}: not a training checkpoint")
+    if run_id is not None and state.get("run_id") != run_id:
+        return None
+    return state  # every part, the fingerprint first, is checked by _restore
 
 
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -417,8 +445,11 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
           ssm_backend: str = "auto", progress: Progress | None = None,
           centers_cfg: CentersConfig | None = None,
           on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None,
-          force: bool = False) -> dict[str, Any]:
+          force: bool = False, engine: Any = None) -> dict[str, Any]:
     """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict.
+
+    ``engine`` is this process alone (the default) or one rank of a torchrun job (s5vh_cli.engines.ddp): the
+    ranks share each batch, take the same steps as one process with the whole batch, and rank 0 alone writes.
 
     ``on_epoch(epoch, model, row)``, if given, is called after each epoch's checkpoint is written (epoch
     1-based, ``row`` a copy of that epoch's metrics) under ``torch.no_grad``; the global RNG state and the
@@ -445,7 +476,12 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
     auto = [k for k in ("epochs", "batch_size") if not getattr(train_cfg, k)]
+    engine = engine or LOCAL
+    if engine.name != "local" and (train_cfg.transformed_views or train_cfg.reverse_negatives):
+        raise InputError(f"--transformed-views and --reverse-negatives train in one process; use --engine local, "
+                         f"not {engine.name}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = engine.start(dev)
     backend, backend_why = ("none", "transformer encoder: no selective scan")
     if model_cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
@@ -489,27 +525,25 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     val_labels = init_labels[torch.from_numpy(val_idx)].clone() if len(val_idx) else None
 
     rdir = run_dir(out_path)
-    if resume and not (rdir / "last.pt").exists():
-        raise InputError(f"{rdir / 'last.pt'}: nothing to resume (no checkpoint from an earlier run)")
-    try:
-        rdir.mkdir(exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{rdir.parent}: cannot write here ({e.strerror or e})") from None
+    engine.on_writer(lambda: _make_run_dir(rdir, resume))
     # a second process training into the same output would overwrite this run's checkpoints
-    with artifacts.output_lock(rdir / "run", wait=False):
+    with artifacts.output_lock(rdir / "run", wait=False) if engine.is_writer else contextlib.nullcontext():
         last_path, best_path, metrics_path = rdir / "last.pt", rdir / "best.pt", rdir / "metrics.jsonl"
         fingerprint = {"model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
                        "features_sha256": features.sha256, "centers_sha256": centers.sha256, "n_train": n_train}
         start_epoch, best_loss, best_epoch, rows = 0, math.inf, -1, []
+        state = None
         if resume:
-            if not last_path.exists():
-                raise InputError(f"{last_path}: nothing to resume (no checkpoint from an earlier run)")
-            state = safe_torch_load(last_path, what="training checkpoint")
+            state = engine.on_writer(lambda: _read_state(last_path, fingerprint))
+        elif engine.restarted:  # torchrun restarted this job after a failure: continue from its checkpoint
+            state = engine.on_writer(lambda: _read_state(last_path, fingerprint, run_id=engine.run_id))
+        if state is not None:
             start_epoch, best_loss, best_epoch, soft_labels = _restore(
                 last_path, state, fingerprint, model, optimizer, scheduler, gen, dev, n_train, k, train_cfg.epochs)
-            if metrics_path.exists():
+            if engine.is_writer and metrics_path.exists():
                 rows = _read_metrics(metrics_path, start_epoch)
             progress.log(f"resuming after epoch {start_epoch} of {train_cfg.epochs} from {last_path}")
+        engine.prepare(model)
 
         steps = math.ceil(n_train / train_cfg.batch_size)
         progress.log(f"training {model.n_parameters():,} parameters on {n_train} videos"
@@ -531,22 +565,27 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                     if len(pos) < 2:
                         progress.advance(1, epoch=epoch + 1)
                         continue  # one video has no negatives for the contrastive term
-                    x = _batch(feats, train_idx[pos], dev)
-                    masks = two_view_masks(len(pos), x.shape[1], train_cfg.mask_ratio, gen)
+                    mine = engine.rows(len(pos))  # this rank's share of the batch (all of it in one process)
+                    x = _batch(feats, train_idx[pos[mine]], dev)
+                    masks = tuple(m[mine] for m in two_view_masks(len(pos), x.shape[1], train_cfg.mask_ratio, gen))
                     pos_t = torch.from_numpy(pos)
                     if smoothing:
-                        p = _label_pred(model, x, train_cfg.label_pred, train_cfg.temperature_cluster).double().cpu()
+                        with engine.shared_draws(len(pos), views=1):
+                            p = _label_pred(model, x, train_cfg.label_pred, train_cfg.temperature_cluster)
+                        p = engine.gather(p).double().cpu()
                         soft_labels[pos_t] = (1 - train_cfg.smoothing_alpha) * soft_labels[pos_t] + \
                             train_cfg.smoothing_alpha * p
-                    targets = soft_labels[pos_t].to(dev)
+                    targets = soft_labels[pos_t[mine]].to(dev)
                     x2 = None
-                    if views is not None:
-                        x, x2 = _two_renderings(feats, views, train_idx[pos], gen, dev)
-                    losses = _step_losses(model, x, masks, targets, train_cfg, x2)
+                    if views is not None:  # drawn for the whole batch, so every rank draws alike
+                        xa, xb = _two_renderings(feats, views, train_idx[pos], gen, dev)
+                        x, x2 = xa[mine], xb[mine]
+                    with engine.shared_draws(len(pos), views=2):
+                        losses = _step_losses(model, x, masks, targets, train_cfg, x2, engine)
                     optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
+                    engine.backward_loss(losses, len(x), len(pos), train_cfg).backward()
                     optimizer.step()
-                    vals = {k: float(v.detach()) for k, v in losses.items()}
+                    vals = engine.logged(losses, len(x), len(pos), train_cfg)
                     for kk, vv in vals.items():
                         sums[kk] += vv * len(pos)
                     seen += len(pos)
@@ -559,17 +598,20 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                     row["val_loss"] = _validate(model, feats, val_idx, val_labels, train_cfg, dev)
                     if row["val_loss"] < best_loss:
                         best_loss, best_epoch = row["val_loss"], epoch + 1
-                        with artifacts.atomic_output(best_path) as tmp:
-                            torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+                        if engine.is_writer:
+                            with artifacts.atomic_output(best_path) as tmp:
+                                torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
                 rows.append(row)
                 last_row = row
                 state = {"s5vh_artifact": "train_state", "version": RUN_STATE_VERSION, "epoch": epoch + 1,
                          "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "soft_labels": soft_labels,
-                         "rng": _rng_state(gen, dev), "best_loss": best_loss, "best_epoch": best_epoch}
-                with artifacts.atomic_output(last_path) as tmp:
-                    torch_save(state, tmp)
-                _write_metrics(metrics_path, rows)
+                         "rng": _rng_state(gen, dev), "best_loss": best_loss, "best_epoch": best_epoch,
+                         "run_id": engine.run_id}
+                if engine.is_writer:
+                    with artifacts.atomic_output(last_path) as tmp:
+                        torch_save(state, tmp)
+                    _write_metrics(metrics_path, rows)
                 if on_epoch is not None:
                     # an evaluation hook must not move the run: no autograd, RNG and train mode put back
                     with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
@@ -581,17 +623,21 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
 
         selected = train_cfg.epochs
         if len(val_idx) and best_epoch > 0:
-            model.load_state_dict(safe_torch_load(best_path, what="training checkpoint"))
             selected = best_epoch
+            if engine.is_writer:
+                model.load_state_dict(safe_torch_load(best_path, what="training checkpoint"))
             progress.log(f"keeping the epoch-{best_epoch} weights (best validation loss {best_loss:.4f})")
         extra = {"epochs": train_cfg.epochs, "selected_epoch": selected, "ssm_backend": backend,
                  "device": str(dev), "n_train": n_train, "n_val": len(val_idx), "centers_sha256": centers.sha256,
-                 "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))}}
-        with keep_replaced_model(out_path) as kept:
-            save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
-        if kept:
-            progress.log(f"the model it replaced is kept as {kept}")
-        progress.log(f"model written to {out_path}")
+                 "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))},
+                 "processes": engine.world}
+        if engine.is_writer:
+            with keep_replaced_model(out_path) as kept:
+                save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+            if kept:
+                progress.log(f"the model it replaced is kept as {kept}")
+            progress.log(f"model written to {out_path}")
+        engine.barrier()  # every rank returns once the model is written
         return {"model": str(out_path), "run_dir": str(rdir), "metrics": str(metrics_path), "epochs": train_cfg.epochs,
                 "epochs_run": train_cfg.epochs - start_epoch, "selected_epoch": selected, "seconds": round(elapsed, 2),
                 "n_train": n_train, "n_val": int(len(val_idx)), "device": str(dev), "ssm_backend": backend,

@@ -6,11 +6,20 @@ Sampling rules (docs/extract.md has the full table):
 - ``fps=F``: one frame every 1/F seconds starting at t=0, ``index_k = floor(k * src_fps / F)``, at most T of
   them (the first T); a shorter video is padded to T by repeating its last sampled frame.
 
-Frames are reached by grabbing (decode without colour conversion) across short gaps and by seeking across
-long ones; a seek is verified against the decoder's own frame position and replaced by grabbing when it
-lands elsewhere. When the container overstates its frame count, decoding stops early, the real count is
-taken from the decoder and the indices are chosen again from it. No torch here: this module runs in the
-decode worker processes.
+Two decoders give the same frames, pixel for pixel:
+- ``pyav`` (the default when PyAV is installed): packets are read without decoding; a group of pictures (from one
+  keyframe to the next) that holds no wanted frame is never decoded, and inside the groups that are decoded,
+  pictures no other picture refers to (``skip_frame=NONREF``) are skipped unless they are wanted. Frame ``i`` is
+  the packet whose timestamp is ``i / fps`` (OpenCV's own rule for positions); the read is checked to be
+  exactly that (one packet per frame index, none missing or repeated, every wanted frame decoded), and any
+  file where it is not (variable frame rate, a stated length longer than the stream, damaged packets, a name
+  FFmpeg cannot open) is read again by the OpenCV path below, which handles those cases.
+- ``opencv``: frames are reached by grabbing (decode without colour conversion) across short gaps and by
+  seeking across long ones; a seek is verified against the decoder's own frame position and replaced by
+  grabbing when it lands elsewhere. When the container overstates its frame count, decoding stops early, the
+  real count is taken from the decoder and the indices are chosen again from it.
+Frame count and frame rate always come from OpenCV's reading of the container, so both decoders choose the
+same indices. No torch here: this module runs in the decode worker processes.
 """
 
 from __future__ import annotations
@@ -36,6 +45,25 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", 
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 SEEK_GAP = 64  # frames: a longer gap between wanted frames is crossed by seeking, a shorter one by grabbing
+DECODERS = ("auto", "pyav", "opencv")
+DECODE_THREADS = 0  # PyAV decoder threads (0: FFmpeg's choice); decode worker processes set 1
+GOP_BUFFER_BYTES = 64 << 20  # packets held back while deciding whether a group of pictures is needed
+
+
+def check_decoder(name: str) -> str:
+    """The decoder that ``name`` means here ("pyav" or "opencv"); raises InputError for an unknown name or a
+    missing PyAV."""
+    if name not in DECODERS:
+        raise InputError(f"decoder must be one of {', '.join(DECODERS)}; got {name!r}")
+    if name == "opencv":
+        return name
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        if name == "pyav":
+            raise InputError("decoder pyav needs PyAV: pip install av")
+        return "opencv"
+    return "pyav"
 
 
 @dataclass(frozen=True)
@@ -215,25 +243,34 @@ def resize_crop(frame_bgr: np.ndarray, size: int, resize: int) -> np.ndarray:
 
 
 def read_frames(path: str, frames: int, sampling: Sampling | str = "uniform", *, size: int = 224,
-                resize: int = 256, seek_gap: int = SEEK_GAP, views: int = 0, view_seed: int = 0,
-                view_key: str = "") -> Clip:
+                resize: int = 256, seek_gap: int = SEEK_GAP, decoder: str = "auto", views: int = 0,
+                view_seed: int = 0, view_key: str = "") -> Clip:
     """Decode the sampled frames of one video, resized and cropped to ``size``. Raises VideoError.
 
+    ``decoder``: "pyav", "opencv" or "auto" (PyAV when installed); both return the same frames.
     ``views`` > 0 also renders that many transformed versions (``s5vh_cli.views``, seeded by ``view_seed`` and
-    ``view_key``) from the same decode, into ``Clip.views``.
+    ``view_key``) from the same decode, into ``Clip.views`` (decoded with OpenCV whatever ``decoder`` says).
     """
     import cv2
 
     if views > 0:
         return _read_with_views(path, frames, sampling, size=size, resize=resize, seek_gap=seek_gap, views=views,
-                                view_seed=view_seed, view_key=view_key or path)
+                                view_seed=view_seed, view_key=view_key or path, decoder=decoder)
     if isinstance(sampling, str):
         sampling = parse_sampling(sampling)
+    use_pyav = check_decoder(decoder) == "pyav"
     cap = _open(path)
     try:
         info = _info(cap, path)
         notes: list[str] = []
         n = info.frame_count
+        if use_pyav and n > 0:
+            idx, valid = sample_indices(n, frames, sampling, info.fps)
+            got = _pyav_frames(path, idx, info.fps, size, resize)
+            if got is not None:
+                images, times = got
+                return Clip(path=path, frames=images, indices=idx, times=times, frame_count=n, fps=info.fps,
+                            duration=info.duration, valid=valid, notes=notes, width=info.width, height=info.height)
         if n <= 0:  # unknown length (some streams): count by grabbing, then sample
             n = _count_frames(cap)
             notes.append(f"frame count unknown in the container; counted {n} by decoding")
@@ -278,12 +315,13 @@ class _SeekMissed(Exception):
 
 
 def _read_with_views(path: str, frames: int, sampling: Sampling | str, *, size: int, resize: int, seek_gap: int,
-                     views: int, view_seed: int, view_key: str) -> Clip:
-    """The plain clip, then each view's frames: decoded once (full size), edited, resized and cropped."""
+                     views: int, view_seed: int, view_key: str, decoder: str = "auto") -> Clip:
+    """The plain clip (with ``decoder``), then each view's frames: decoded once (full size, OpenCV), edited,
+    resized and cropped."""
     from .views import apply_spatial, draw_view, view_indices, view_rng
 
     # first pass: the plain sampling, exactly as without views (also settles the real frame count)
-    plain = read_frames(path, frames, sampling, size=size, resize=resize, seek_gap=seek_gap)
+    plain = read_frames(path, frames, sampling, size=size, resize=resize, seek_gap=seek_gap, decoder=decoder)
     n = plain.frame_count
     specs = [draw_view(view_rng(view_seed, view_key, v)) for v in range(views)]
     wanted = [view_indices(plain.indices, n, s) for s in specs]
@@ -395,3 +433,122 @@ def thumbnails(path: str, count: int = 4, width: int = 160, quality: int = 70) -
         return []
     finally:
         cap.release()
+# ----------------------------------------------------------------------------------------------------------
+# PyAV: decode only the groups of pictures that hold wanted frames, and in them only what is referenced
+# ----------------------------------------------------------------------------------------------------------
+class _NotExact(Exception):
+    """This file does not follow the one-packet-per-frame-index grid: let the OpenCV path read it."""
+
+
+def _pyav_frames(path: str, idx: np.ndarray, fps: float, size: int,
+                 resize: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images [T, size, size, 3] RGB, times [T]) of the frames ``idx``, or None when the file must be read
+    by the OpenCV path instead (see the module docstring)."""
+    import av
+
+    if fps <= 0:
+        return None
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame and slice threads
+            stream.thread_count = DECODE_THREADS
+            kept = _pyav_decode(container, stream, sorted(set(int(i) for i in idx)), fps, size, resize)
+    except Exception:  # noqa: BLE001 - anything odd in this file: the OpenCV path reads it (or says why not)
+        return None
+    images = np.stack([kept[int(i)][0] for i in idx])
+    times = np.array([kept[int(i)][1] for i in idx], dtype=np.float64)
+    return images, times
+
+
+def _pyav_decode(container, stream, wanted: list[int], fps: float, size: int,  # noqa: ANN001 - PyAV objects
+                 resize: int) -> dict[int, tuple[np.ndarray, float]]:
+    tb = float(stream.time_base)
+    start = stream.start_time if stream.start_time is not None else 0
+    want = set(wanted)
+    last = wanted[-1]
+    ctx = stream.codec_context
+    kept: dict[int, tuple[np.ndarray, float]] = {}
+    seen: set[int] = set()  # frame index of every packet read: must end up exactly 0..last
+
+    def index(pts: int | None) -> int:
+        if pts is None:
+            raise _NotExact
+        x = (pts - start) * tb * fps
+        i = round(x)
+        if abs(x - i) > 0.25:  # between two frame slots: not a constant-rate stream
+            raise _NotExact
+        return i
+
+    def decode(gop: list) -> None:  # noqa: ANN001 - PyAV packets
+        for pkt, i in gop:
+            # a picture nothing refers to is skipped unless it is wanted; FFmpeg reads skip_frame per packet
+            ctx.skip_frame = "DEFAULT" if i in want else "NONREF"
+            for fr in ctx.decode(pkt):
+                take(fr)
+
+    def take(fr) -> None:  # noqa: ANN001
+        i = index(fr.pts)
+        if i in want and i not in kept:
+            img = fr.to_ndarray(format="bgr24", interpolation="BICUBIC")  # OpenCV's conversion, same pixels
+            kept[i] = (resize_crop(img, size, resize), (fr.pts - start) * tb)
+
+    # groups of pictures: (packets, their indices); one is decided once the next one is read, because an
+    # open group's leading pictures (shown before its keyframe) refer to the group before it
+    pending: list[tuple[list, set[int], bool]] = []  # (packets with indices, indices, has leading pictures)
+    cur: list = []
+    cur_idx: set[int] = set()
+    cur_key = -1
+    leading = False
+    held = 0
+
+    def close_group(final: bool = False) -> None:
+        nonlocal cur, cur_idx, leading, held
+        if cur:
+            pending.append((cur, cur_idx, leading))
+        cur, cur_idx, leading = [], set(), False
+        while len(pending) >= (1 if final else 2):
+            g, gi, _ = pending.pop(0)
+            nxt_leading, nxt_i = (pending[0][2], pending[0][1]) if pending else (False, set())
+            if gi & want or (nxt_leading and nxt_i & want):
+                decode(g)
+        held = sum(sum(p.size for p, _ in g) for g, _, _ in pending)
+
+    for pkt in container.demux(stream):
+        if pkt.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        i = index(pkt.pts)
+        if i in seen:
+            raise _NotExact
+        seen.add(i)
+        if pkt.is_keyframe:
+            close_group()
+            cur_key = i
+        elif i < cur_key:
+            leading = True
+        cur.append((pkt, i))
+        cur_idx.add(i)
+        held += pkt.size
+        if held > GOP_BUFFER_BYTES:  # one very long group: stop holding packets back, decode them
+            for g, _, _ in pending:
+                decode(g)
+            decode(cur)
+            pending.clear()
+            cur, cur_idx, held = [], set(), 0
+        if i > last + 64:  # far enough past the last wanted frame for any reordering
+            break
+    close_group(final=True)
+    ctx.skip_frame = "DEFAULT"
+    for fr in ctx.decode(None):  # frames still held by the decoder (reordering, threads)
+        take(fr)
+    if not seen or min(seen) != 0 or any(j not in seen for j in range(last + 1)):
+        raise _NotExact
+    if any(i not in kept for i in want):
+        raise _NotExact
+    return kept

@@ -77,7 +77,7 @@ def corpus(tmp_path, monkeypatch):
                                         "frames": T, "feature_dim": F}, "model_config": {"bits": BITS}}
 
     def fake_extract_clips(paths, *, backbone, frames, sampling, weights=None, device="auto", batch_size=32,
-                           progress=None, mirror=False):
+                           runtime="auto", precision="auto", progress=None, mirror=False):
         assert (backbone, frames, sampling) == ("resnet50", T, "uniform")
         idx = [int(os.path.basename(str(p))[1:].split(".")[0]) for p in paths]
         calls.append(("mirror" if mirror else "plain", len(paths)))

@@ -33,6 +33,11 @@ def encode_command(
     hop: str | None = typer.Option(None, "--hop", help="Step between windows with --segment [default: a quarter "
                                    "of the window]."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    engine: str = typer.Option("local", "--engine", help="local: this process; ray: a Ray Data pipeline on a "
+                               "Ray cluster (needs s5vh[distributed]; docs/scale-out.md)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: auto (the cluster "
+                                           "this machine belongs to) or ray://HOST:PORT (Ray Client) "
+                                           "[default: start Ray on this machine for this run]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Encode every video of FEATURES into a packed binary code (bit = sign of the mean frame code, ties -> 1)."""
@@ -40,6 +45,10 @@ def encode_command(
 
     prefer_passive_openmp()
     from ..encode import encode_file
+    from ..engines import get_engine
+
+    if engine != "ray" and ray_address is not None:
+        raise typer.BadParameter("needs --engine ray", param_hint="--ray-address")
 
     if threads is not None:
         import torch
@@ -47,4 +56,5 @@ def encode_command(
         torch.set_num_threads(threads)
     sink = RichProgressSink(quiet=quiet)
     encode_file(model, features, output, batch_size=batch_size, device=device, ssm_backend=ssm_backend,
-                progress=sink, descriptor=descriptor, descriptor_frames=descriptor_frames, segment=segment, hop=hop)
+                progress=sink, descriptor=descriptor, descriptor_frames=descriptor_frames, segment=segment, hop=hop,
+                engine=get_engine(engine, ray_address=ray_address))

@@ -30,6 +30,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="Device for clip and feature inputs: auto, cpu, cuda, cuda:N."),
         ssm_backend: str = typer.Option("auto", help="Selective-scan backend: auto, cpu, torch, reference, cuda."),
         batch_size: int = typer.Option(32, help="Frames per backbone batch / videos per encode batch."),
+        runtime: str = typer.Option("auto", help="Backbone runtime for clip inputs: auto, torch, onnxruntime, "
+                                    "openvino (as `s5vh extract --runtime`)."),
+        precision: str = typer.Option("auto", help="Backbone precision for clip inputs: auto, float32, bfloat16, "
+                                      "float16; use the one the indexed features were extracted with."),
         nprobe: int | None = typer.Option(None, help="BIVF indexes: inverted lists probed per query."),
         ef_search: int | None = typer.Option(None, help="BHNSW indexes: search candidate-list size."),
         nflip: int | None = typer.Option(None, help="BHash indexes: bit flips probed per table."),
@@ -52,6 +56,9 @@ def register(app: typer.Typer) -> None:
         Exit code: 0 when every query found at least one result, 1 when some query found none (e.g. nothing
         within --radius; its "status" is "none" in JSON), 2 on error.
         """
+        from ..runtime import prefer_passive_openmp
+
+        prefer_passive_openmp()  # before torch loads (the backbone and the encoder, as in extract and encode)
         from ..api import IndexParams, query
         from ..errors import InputError
 
@@ -67,7 +74,8 @@ def register(app: typer.Typer) -> None:
 
         out = query(index, inputs, topk=k or 0, radius=radius, exclude_self=exclude_self,
                     model_path=str(model) if model else None, device=device, ssm_backend=ssm_backend,
-                    batch_size=batch_size, weights=str(weights) if weights else None,
+                    batch_size=batch_size, weights=str(weights) if weights else None, runtime=runtime,
+                    precision=precision,
                     params=IndexParams(nprobe=nprobe, ef_search=ef_search, nflip=nflip),
                     progress=RichProgressSink(quiet=machine), rerank=rerank, flip=flip,
                     hop=parse_seconds(hop, "--hop") if hop is not None else None, hits_per_window=hits_per_window)

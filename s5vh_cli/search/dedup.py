@@ -111,7 +111,7 @@ def nearest_distances(h: HammingIndex, progress: Progress = NULL) -> np.ndarray:
     try:
         for s in range(0, h.n, BATCH):
             q = np.ascontiguousarray(h.codes[s:s + BATCH])
-            d, k = h.backend.search(q, 2)
+            d, k = h.backend.search(q, 2, key_below=h.next_key)
             out[s:s + q.shape[0]] = np.where(k[:, 1] >= 0, d[:, 1], h.bits + 1)
             progress.advance(q.shape[0])
     finally:
@@ -148,6 +148,7 @@ def chance_radius(h: HammingIndex, sample: int = 200_000, seed: int = 0,
     how often it is set, but which videos share it becomes chance), minus one. A library of up to ``sample``
     videos is shuffled whole; a larger one is subsampled to ``sample`` videos."""
     from ..codes import pack, unpack
+    from .backends.base import Entries
     from .backends.faiss import FaissBackend
 
     rng = np.random.default_rng(seed)
@@ -157,7 +158,8 @@ def chance_radius(h: HammingIndex, sample: int = 200_000, seed: int = 0,
         bits[:, col] = rng.permutation(bits[:, col])
     null = pack(bits)
     keys = np.arange(null.shape[0], dtype=np.int64)
-    be = FaissBackend.build("BFlat", h.bits, null, keys, IndexParams(), {}, NULL)  # an in-memory exact scan
+    # an in-memory exact scan of the null library, whatever backend holds the real one
+    be = FaissBackend.build("BFlat", h.bits, Entries(keys, null, [], []), IndexParams(), {}, {}, None, NULL)
     nn = np.empty(null.shape[0], dtype=np.int64)
     progress.start("null library", total=null.shape[0])
     try:

@@ -232,11 +232,13 @@ class Searcher:
 
     def __init__(self, index: HammingIndex | str | os.PathLike, *, model_path: str | None = None,
                  device: str = "auto", ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-                 params: IndexParams | None = None, progress: Progress | None = None) -> None:
+                 params: IndexParams | None = None, runtime: str = "auto", precision: str = "auto",
+                 progress: Progress | None = None) -> None:
         t0 = time.perf_counter()
         self.index = index if isinstance(index, HammingIndex) else open_index(index, params=params)
         self.open_s = time.perf_counter() - t0
         self.device, self.batch_size, self.weights = device, batch_size, weights
+        self.runtime, self.precision = runtime, precision  # of the backbone for clip queries (runtimes/)
         self.progress = progress or NULL
         self._models = _ModelCache(self.index, model_path, device, ssm_backend, self.progress)
 
@@ -348,7 +350,7 @@ class Searcher:
 def _prepare(s: Searcher, inputs: list[str], flip: bool = False,
              hop: float | None = None) -> tuple[list[QueryInput], dict[str, float]]:
     h, cache, progress = s.index, s._models, s.progress
-    device, batch_size, weights = s.device, s.batch_size, s.weights
+    device, batch_size, weights, runtime, precision = s.device, s.batch_size, s.weights, s.runtime, s.precision
     timings = {"extract_s": 0.0, "encode_s": 0.0, "model_load_s": 0.0}
     queries: list[QueryInput] = []
     videos: list[tuple[str, str]] = []
@@ -382,14 +384,19 @@ def _prepare(s: Searcher, inputs: list[str], flip: bool = False,
         cache.get()
         timings["model_load_s"] += time.perf_counter() - t0
         backbone, frames, sampling, bb_sha = _clip_settings(h, cache.meta)
+        prec = precision
+        if prec == "auto" and (cache.meta.get("features") or {}).get("precision") == "bfloat16":
+            prec = "bfloat16"  # clips as the model's training features were made
         t0 = time.perf_counter()
         paths = [p for _, p in videos]
         feats, infos = extract_clips(paths, backbone=backbone, frames=frames, sampling=sampling,
-                                     weights=weights, device=device, batch_size=batch_size, progress=progress)
+                                     weights=weights, device=device, batch_size=batch_size, runtime=runtime,
+                                     precision=prec, progress=progress)
         flipped = None
         if flip:
             flipped, _ = extract_clips(paths, backbone=backbone, frames=frames, sampling=sampling, weights=weights,
-                                       device=device, batch_size=batch_size, progress=progress, mirror=True)
+                                       device=device, batch_size=batch_size, runtime=runtime, precision=prec,
+                                       progress=progress, mirror=True)
         timings["extract_s"] += time.perf_counter() - t0
         got = {i.get("backbone_sha256") for i in infos} - {None, ""}
         if bb_sha and got and got != {bb_sha}:
@@ -490,11 +497,12 @@ def _self_keys(h: HammingIndex, queries: list[QueryInput]) -> list[set[int]]:
 def query(index_path: str | os.PathLike, inputs: list[str], topk: int = 20, radius: int | None = None,
           exclude_self: bool = False, model_path: str | None = None, device: str = "auto",
           ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-          params: IndexParams | None = None, progress: Progress | None = None, rerank: int = 0,
-          flip: bool = False, hop: float | None = None, hits_per_window: int = 20) -> QueryOutcome:
+          params: IndexParams | None = None, runtime: str = "auto", precision: str = "auto",
+          progress: Progress | None = None, rerank: int = 0, flip: bool = False, hop: float | None = None,
+          hits_per_window: int = 20) -> QueryOutcome:
     """Search ``index_path`` with every input; top-``topk`` or everything within ``radius`` (``Searcher.query``
     explains ``rerank``, ``flip``, ``hop`` and ``hits_per_window``)."""
     s = Searcher(index_path, model_path=model_path, device=device, ssm_backend=ssm_backend, batch_size=batch_size,
-                 weights=weights, params=params, progress=progress)
+                 weights=weights, params=params, runtime=runtime, precision=precision, progress=progress)
     return s.query(inputs, topk=topk, radius=radius, exclude_self=exclude_self, rerank=rerank, flip=flip, hop=hop,
                    hits_per_window=hits_per_window)
