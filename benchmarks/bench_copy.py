@@ -20,7 +20,7 @@ and encode seconds are measured in this process. Results go to ``<out>/results.j
 outcome, for paired comparisons) and ``<out>/results.md``.
 
 Usage: python -m benchmarks.bench_copy --data DIR --features DIR --out DIR [--bits 16,32,64] [--methods ...]
-       [--rerank 20] [--epochs N] [--batch-size B] [--threads N]
+       [--rerank 20] [--epochs N] [--batch-size B] [--threads N] [--queries LIST] [--make-flip]
 """
 
 from __future__ import annotations
@@ -54,9 +54,33 @@ def sem(x: np.ndarray) -> float:
     return float(x.std(ddof=1) / np.sqrt(len(x))) if len(x) > 1 else float("nan")
 
 
-def labels(data: Path, split: str, level: str) -> np.ndarray:
+def labels(data: Path, split: str, level: str, ids: list[str]) -> np.ndarray:
+    """Class of each of ``ids`` (matched by file name: a features file may hold a sample of the split)."""
     with h5py.File(data / "labels" / f"{split}_{level}.h5", "r") as f:
-        return f["labels"][()].argmax(1)
+        by_name = dict(zip((Path(i).name for i in f["ids"].asstr()[()]), f["labels"][()].argmax(1), strict=True))
+    return np.array([by_name[Path(i).name] for i in ids])
+
+
+def make_flip_features(data: Path, q, out: Path, runtime: str) -> None:
+    """Features of the queries' mirror images (``extract_clips(mirror=True)``, as `s5vh query --flip`), with the
+    query features' sampling, frames and backbone; written to ``out``."""
+    from s5vh_cli import artifacts
+    from s5vh_cli.extract import extract_clips
+
+    from s5vh_cli.progress import Progress
+
+    class Say(Progress):
+        def advance(self, n: int = 1, **_: object) -> None:
+            self.done = getattr(self, "done", 0) + n
+            print(f"# mirrored {self.done}/{len(paths)} at {time.perf_counter() - t0:.0f} s", flush=True)
+
+    paths = [str(data / "query" / Path(i).name) for i in q.ids]
+    t0 = time.perf_counter()
+    feats, _ = extract_clips(paths, backbone=q.backbone, frames=q.frames, sampling=q.sampling, runtime=runtime,
+                             mirror=True, batch_size=25, progress=Say())
+    print(f"# mirrored query features: {len(paths)} clips in {time.perf_counter() - t0:.1f} s", flush=True)
+    artifacts.write_features(out, feats, q.ids, paths, backbone=q.backbone, backbone_sha256="", sampling=q.sampling,
+                             prov=artifacts.provenance("bench_copy mirror"))
 
 
 def transforms_of(data: Path, ids: list[str]) -> np.ndarray:
@@ -106,11 +130,23 @@ class Bench:
         self.out.mkdir(parents=True, exist_ok=True)
         self.db = read_features(self.feat_dir / "database.h5")
         self.q = read_features(self.feat_dir / "query.h5")
+        if a.queries:  # score exactly these queries (by file name), e.g. the sample every method was scored on
+            want = {ln.strip() for ln in Path(a.queries).read_text().splitlines() if ln.strip()}
+            keep = [i for i, v in enumerate(self.q.ids) if Path(v).name in want]
+            self.q.feats = self.q.feats[keep]
+            self.q.ids = [self.q.ids[i] for i in keep]
+            self.q.paths = [self.q.paths[i] for i in keep]
         vpath = Path(a.views_features) if a.views_features else self.feat_dir / "database_views.h5"
         self.db_views = read_features(vpath) if vpath.is_file() else None
         fpath = Path(a.flip_features) if a.flip_features else self.feat_dir / "query_flip.h5"
+        if a.make_flip and not fpath.is_file():
+            make_flip_features(self.data, self.q, fpath, a.runtime)
         self.q_flip = read_features(fpath) if fpath.is_file() else None
-        self.ql, self.dl = labels(self.data, "query", "exact"), labels(self.data, "database", "exact")
+        if self.q_flip is not None:  # rows in the queries' order
+            row = {v: i for i, v in enumerate(self.q_flip.ids)}
+            self.q_flip.feats = self.q_flip.feats[[row[v] for v in self.q.ids]]
+        self.ql = labels(self.data, "query", "exact", self.q.ids)
+        self.dl = labels(self.data, "database", "exact", self.db.ids)
         self.tf = transforms_of(self.data, self.q.ids)
         self.rows: list[dict] = []
         self.outcomes: dict[str, list[int]] = {}
@@ -177,6 +213,9 @@ class Bench:
             return None, None
         path = self.out / "models" / f"{method}{bits}.pt"
         path.parent.mkdir(exist_ok=True)
+        if self.a.reuse_models and path.is_file():  # trained by an earlier run on the same database
+            model, _ = load_model(path)
+            return model, None
         t0 = time.perf_counter()
         train(feats, None, mcfg, tcfg, path, device="cpu", centers_cfg=dataclasses.replace(ccfg, seed=self.a.seed),
               force=True)
@@ -205,7 +244,7 @@ class Bench:
                 encode_s = time.perf_counter() - t0
                 _, sq = encode_with_descriptors(model, self.q.feats, "soft")
                 _, sd = encode_with_descriptors(model, self.db.feats, "soft")
-                r = lambda x: round(x, 2)  # noqa: E731
+                r = lambda x: None if x is None else round(x, 2)  # noqa: E731
                 self.record(method, bits, "codes", top1_hamming(cq, cd), r(train_s), r(encode_s))
                 for k in a.rerank:
                     self.record(method, bits, f"+rerank{k} soft", top1_rerank(cq, cd, sq, sd, k, "soft"), None, None)
@@ -251,6 +290,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int)
     ap.add_argument("--val-views", type=int, default=0, help="validate instead of testing: the last N views of the "
                     "database features with views are the queries; the query split is not read")
+    ap.add_argument("--reuse-models", action="store_true", help="load <out>/models/<method><bits>.pt when an "
+                    "earlier run trained it (no train seconds then)")
+    ap.add_argument("--queries", help="file of query file names to score (one a line); default: every query row")
+    ap.add_argument("--make-flip", action="store_true", help="extract the queries' mirror images (from "
+                    "<data>/query/) when the mirrored features file is missing")
+    ap.add_argument("--runtime", default="torch", help="backbone runtime for --make-flip (that of the query features)")
     ap.add_argument("--order", default="aligned", help="comma-separated frame alignments for --rerank frames: "
                     "aligned, monotone, none (the first also serves +flip)")
     a = ap.parse_args(argv)
