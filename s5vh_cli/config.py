@@ -236,7 +236,7 @@ def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
 
     Batch: min(128, max(16, n / 8)), never more than the library. Epochs: about ``auto_steps`` optimizer steps,
     between 3 and 60. A few dozen videos get tens of epochs of a few steps each, a few thousand a handful of
-    epochs; never 100 epochs of a single step (docs/copies.md has the measurements behind the numbers).
+    epochs; never 100 epochs of a single step.
     """
     batch = cfg.batch_size or min(128, max(16, n_train // 8), max(2, n_train))
     steps = max(1, -(-n_train // batch))

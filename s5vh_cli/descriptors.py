@@ -11,7 +11,7 @@ A binary code finds candidates fast; a small float16 descriptor stored beside it
                    the order is what tells a clip from its reverse and from a neighbouring segment of the same
                    shot. Alignments with more freedom (any order-preserving path, or the best straight-line time
                    mapping to fit sub-clips) were measured on a validation set of transformed renderings and
-                   lost: they also fit look-alike neighbours (docs/copies.md).
+                   lost: they also fit look-alike neighbours (docs/BENCHMARKS.md section 2a).
 
 Memory per video: 2 L bytes (soft) or 2 F L bytes (frames), e.g. 128 B and 1 KiB at 64 bits with F = 8: 128 MB and
 1 GiB per million videos.
