@@ -66,7 +66,6 @@ def make_flip_features(data: Path, q, out: Path, runtime: str) -> None:
     query features' sampling, frames and backbone; written to ``out``."""
     from s5vh_cli import artifacts
     from s5vh_cli.extract import extract_clips
-
     from s5vh_cli.progress import Progress
 
     class Say(Progress):
