@@ -183,3 +183,17 @@ def test_window_index_query_finds_source_and_time_range(tmp_path, rng, capsys):
         assert doc["windows"] is True and r["id"] == "b.mp4" and abs(r["video_range_s"][0] - 8.0) <= 1.0
     with pytest.raises(InputError, match="--radius"):
         query(tmp_path / "w.bin", [str(tmp_path / "q.h5")], radius=3)
+
+
+def test_query_to_partial_converts_window_answers():
+    """benchmarks.query_to_partial: `s5vh query --jsonl` on a window index -> copy_eval's partial predictions."""
+    import json
+
+    sys.path.insert(0, str(Path(__file__).parents[1]))
+    from benchmarks.query_to_partial import convert
+
+    line = json.dumps({"query": "partial/q.mp4", "query_path": "/d/partial/q.mp4", "results": [
+        {"rank": 1, "id": "long_01.mp4", "video_range_s": [8.0, 16.0], "query_range_s": [0.0, 8.0]},
+        {"rank": 2, "id": "long_02.mp4", "video_range_s": [1.0, 3.0], "query_range_s": [0.0, 2.0]}]})
+    assert convert([line, ""]) == [{"query": "q.mp4", "results": [
+        {"video": "long_01.mp4", "start_s": 8.0, "end_s": 16.0}, {"video": "long_02.mp4", "start_s": 1.0, "end_s": 3.0}]}]
