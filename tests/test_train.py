@@ -312,3 +312,17 @@ def test_temporal_pool_trains_and_codes_pool_each_stretch(tmp_path):
         half, t_ = fc.shape[2] // 2, fc.shape[1]
         want = torch.cat([fc[:, :t_ // 2, :half].mean(1), fc[:, t_ // 2:, half:].mean(1)], dim=1) >= 0
         assert torch.equal(model.hash(x), want)
+
+
+def test_auto_schedule_is_what_trains_and_is_recorded(tmp_path):
+    """epochs = batch_size = 0 (the default preset): the schedule comes from the library size, the loop runs
+    exactly that many epochs, and the model records the resolved values."""
+    from s5vh_cli.config import resolve_schedule
+
+    m, t = configs(epochs=0, batch_size=0, auto_steps=6)
+    want = resolve_schedule(t, N)
+    assert (want.batch_size, want.epochs) == (16, 3)  # 20 videos: 2 steps an epoch, at least 3 epochs
+    s = train(make_features(), make_centers(), m, t, tmp_path / "a.pt", device="cpu", ssm_backend="torch")
+    assert s["epochs"] == s["epochs_run"] == 3
+    _, meta = load_model(tmp_path / "a.pt", ssm_backend="torch")
+    assert (meta["train_config"]["epochs"], meta["train_config"]["batch_size"]) == (3, 16)
