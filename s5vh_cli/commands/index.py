@@ -89,10 +89,10 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Add codes to an index, once per video (new keys continue after the largest ever assigned)."""
-        from ..api import add
+        from ..api import add, add_summary
 
         h, report = add(index, codes, on_existing=on_existing, progress=RichProgressSink(quiet=as_json))
-        info = h.info() | report.as_dict()
+        info = add_summary(h, report)
         if as_json:
             print_json(info)
         else:
@@ -110,6 +110,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Remove entries by id, key or path. Every name must exist, else nothing is removed."""
         from ..api import remove as remove_entries
+        from ..api import remove_summary
         from ..errors import InputError
 
         names = list(ids)
@@ -119,7 +120,7 @@ def register(app: typer.Typer) -> None:
             except OSError as e:
                 raise InputError(f"{ids_file}: cannot read ({e.strerror or e})") from None
         h, gone = remove_entries(index, keys=keys, ids=names, paths=paths, progress=RichProgressSink(quiet=as_json))
-        info = h.info() | {"removed": int(gone.size), "removed_keys": gone.tolist()}
+        info = remove_summary(h, gone)
         if as_json:
             print_json(info)
         else:

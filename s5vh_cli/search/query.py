@@ -178,6 +178,7 @@ class Searcher:
         self.index = index if isinstance(index, HammingIndex) else open_index(index, params=params)
         self.open_s = time.perf_counter() - t0
         self.device, self.batch_size, self.weights = device, batch_size, weights
+        self.params = params
         self.progress = progress or NULL
         self._models = _ModelCache(self.index, model_path, device, ssm_backend, self.progress)
 
@@ -213,6 +214,56 @@ class Searcher:
         timings = {"open_s": self.open_s, **timings, "search_s": t_search}
         return QueryOutcome(index=self.index, queries=queries, results=res, timings=timings,
                             topk=topk if topk else None, radius=radius)
+
+    def query_codes(self, codes: np.ndarray, names: list[str] | None = None, topk: int = 20,
+                    radius: int | None = None, exclude_self: bool = False) -> QueryOutcome:
+        """Search with packed codes given in memory (uint8 [n, bits/8]); ``names`` are their ids."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if codes.ndim != 2 or codes.shape[1] * 8 != self.index.bits:
+            raise MismatchError(f"codes of {codes.shape[-1] * 8 if codes.ndim == 2 else '?'} bits given, but "
+                                f"{self.index.path} holds {self.index.bits}-bit codes")
+        return self._outcome(codes, names, {}, topk, radius, exclude_self)
+
+    def query_features(self, feats: np.ndarray, names: list[str] | None = None, topk: int = 20,
+                       radius: int | None = None, exclude_self: bool = False) -> QueryOutcome:
+        """Search with features given in memory (float [n, frames, dim]), encoded with the index's model."""
+        if radius is not None and not 0 <= radius <= self.index.bits:
+            raise InputError(f"--radius must be between 0 and {self.index.bits} (the code length), got {radius}")
+        feats = np.asarray(feats, dtype=np.float32)
+        if feats.ndim != 3 or feats.shape[0] == 0:
+            raise InputError(f"features must be [videos, frames, dim], got shape {list(feats.shape)}")
+        t0 = time.perf_counter()
+        self._models.get()
+        timings = {"model_load_s": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        codes = _encode(self._models, feats, self.batch_size, self.progress)
+        timings["encode_s"] = time.perf_counter() - t0
+        return self._outcome(codes, names, timings, topk, radius, exclude_self)
+
+    def _outcome(self, codes: np.ndarray, names: list[str] | None, timings: dict[str, float], topk: int,
+                 radius: int | None, exclude_self: bool) -> QueryOutcome:
+        names = list(names) if names else [f"query[{i}]" for i in range(codes.shape[0])]
+        if len(names) != codes.shape[0]:
+            raise InputError(f"{len(names)} names given for {codes.shape[0]} queries")
+        queries = [QueryInput(name=n, id=n, path="", code=c) for n, c in zip(names, codes, strict=True)]
+        res, t_search = self.search(queries, topk, radius, exclude_self)
+        return QueryOutcome(index=self.index, queries=queries, results=res, timings={**timings, "search_s": t_search},
+                            topk=topk if topk else None, radius=radius)
+
+    def reopen(self) -> None:
+        """Read the index again from its files (after a write). The loaded model is kept when the index still
+        records the same model (sha256), so only a model change costs a reload."""
+        t0 = time.perf_counter()
+        h = open_index(self.index.path, params=self.params)
+        old = self._models
+        models = _ModelCache(h, old.model_path, old.device, old.ssm_backend, self.progress)
+        if old.model is not None and h.model_sha256 == self.index.model_sha256:
+            models.model, models.meta, models.dev = old.model, old.meta, old.dev
+        self.index, self._models, self.open_s = h, models, time.perf_counter() - t0
+
+    def load_model(self) -> None:
+        """Load the model now rather than at the first clip or features query (raises what that would)."""
+        self._models.get()
 
 
 def _prepare(s: Searcher, inputs: list[str]) -> tuple[list[QueryInput], dict[str, float]]:

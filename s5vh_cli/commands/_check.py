@@ -1,0 +1,71 @@
+"""Argument checks that run before anything heavy is imported (torch, numba, cv2, faiss, h5py).
+
+A mistyped path or a value out of range must be answered in well under a second, not after the 2-10 s that
+importing the machinery takes. These checks use only the standard library; the core checks again, fully.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from ..errors import InputError
+
+
+def existing_file(path: Path | str | None, what: str = "") -> None:
+    """``path`` is an existing file (None: nothing to check)."""
+    if path is None:
+        return
+    p = str(path)
+    if not os.path.lexists(p):
+        raise InputError(f"{p}: no such file{', expected ' + what if what else ''}")
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a folder, expected {what or 'a file'}")
+
+
+def existing_index(path: Path | str | None) -> None:
+    if path is None:
+        return
+    p = str(path)
+    if not os.path.lexists(p):
+        raise InputError(f"{p}: no such index file")
+    if os.path.isdir(p):
+        raise InputError(f"{p}: is a folder, expected an index file from `s5vh index`")
+
+
+def existing_dir(path: Path | str | None, what: str = "folder") -> None:
+    if path is None:
+        return
+    p = str(path)
+    if not os.path.exists(p):
+        raise InputError(f"{p}: no such {what}")
+    if not os.path.isdir(p):
+        raise InputError(f"{p}: is a file, expected a {what}")
+
+
+def output_file(path: Path | str | None) -> None:
+    """``path`` can be written: its folder exists and it is not a folder itself."""
+    if path is None:
+        return
+    p = Path(path)
+    if p.is_dir():
+        raise InputError(f"{p}: is a folder, expected a file name to write")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.is_dir():
+        raise InputError(f"{parent}: output folder does not exist")
+
+
+def inputs(raw: Iterable[str]) -> None:
+    """Video / list / folder inputs exist (globs and ``-`` are expanded later, by the core)."""
+    for r in raw:
+        if r == "-" or (glob.has_magic(r) and not os.path.lexists(r)):
+            continue
+        if not os.path.lexists(r):
+            raise InputError(f"{r}: no such file or folder")
+
+
+def at_least(value: float | None, low: float, flag: str) -> None:
+    if value is not None and value < low:
+        raise InputError(f"{flag} must be at least {low:g}, got {value:g}")
