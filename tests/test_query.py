@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+import s5vh_cli.encode  # noqa: F401 - imported now, so that it binds the real load_model, not the fixture's stand-in
 from s5vh_cli import artifacts, checkpoint, extract
 from s5vh_cli.artifacts import Codes
 from s5vh_cli.cli import main

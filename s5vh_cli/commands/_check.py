@@ -69,3 +69,16 @@ def inputs(raw: Iterable[str]) -> None:
 def at_least(value: float | None, low: float, flag: str) -> None:
     if value is not None and value < low:
         raise InputError(f"{flag} must be at least {low:g}, got {value:g}")
+
+
+def device(name: str) -> None:
+    """The device name's form (whether that GPU exists is for torch to say, later)."""
+    import re
+
+    if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", (name or "auto").strip().lower()):
+        raise InputError(f"unknown device {name!r}; use auto, cpu, cuda or cuda:N")
+
+
+def ssm_backend(name: str) -> None:
+    if (name or "auto").strip().lower() not in ("auto", "reference", "torch", "cpu", "cuda"):
+        raise InputError(f"unknown selective-scan backend {name!r}; choose auto, reference, torch, cpu, cuda")

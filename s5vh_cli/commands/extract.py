@@ -43,8 +43,8 @@ def extract_command(
     Unreadable, corrupt or non-video files are reported, recorded in the output and skipped: the exit code is
     non-zero only when nothing could be extracted, or with --strict."""
     from ..config import ExtractConfig
-    from ..errors import InputError, VideoError
-    from ..extract import extract
+    from ..errors import InputError
+    from . import _check
 
     if threads is not None and threads < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--threads")
@@ -58,6 +58,13 @@ def extract_command(
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
     if dtype not in ("float32", "float16"):
         raise InputError(f"--dtype must be float32 or float16, got {dtype!r}")
+    _check.inputs(inputs)
+    _check.output_file(output)
+    _check.existing_file(weights, "a backbone weights file")
+    _check.device(device)
+    from ..errors import VideoError
+    from ..extract import extract
+
     cfg = ExtractConfig(backbone=backbone, frames=frames, sampling="uniform" if fps is None else f"fps={fps:g}",
                         batch_size=batch_size, dtype=dtype)
     sink = RichProgressSink(quiet=quiet)

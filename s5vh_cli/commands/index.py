@@ -68,6 +68,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Build an index from codes. Keys (int64 faiss ids) are assigned 0, 1, 2... in file order."""
+        from . import _check
+
+        for c in codes:
+            _check.existing_file(c, "a codes file from `s5vh encode`")
+        _check.output_file(out)
         from ..api import build
 
         h = build(codes, out, index_type, params=_params(nprobe, ef_search, nflip),
@@ -89,6 +94,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Add codes to an index, once per video (new keys continue after the largest ever assigned)."""
+        from ..errors import InputError
+        from . import _check
+
+        if on_existing not in ("skip", "replace", "error"):
+            raise InputError(f"--on-existing must be one of skip, replace, error, got {on_existing!r}")
+        _check.existing_index(index)
+        _check.existing_file(codes, "a codes file from `s5vh encode`")
         from ..api import add, add_summary
 
         h, report = add(index, codes, on_existing=on_existing, progress=RichProgressSink(quiet=as_json))
@@ -109,9 +121,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Remove entries by id, key or path. Every name must exist, else nothing is removed."""
+        from ..errors import InputError
+        from . import _check
+
+        _check.existing_index(index)
+        _check.existing_file(ids_file, "a file of ids, one a line")
         from ..api import remove as remove_entries
         from ..api import remove_summary
-        from ..errors import InputError
 
         names = list(ids)
         if ids_file is not None:
@@ -139,6 +155,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Show what an index holds and where it came from; --check measures its recall."""
+        from . import _check
+
+        _check.existing_index(index)
+        _check.at_least(k, 1, "-k")
+        _check.at_least(queries, 1, "--queries")
         from ..api import check_recall, open_index
 
         h = open_index(index, params=_params(nprobe, ef_search, nflip))

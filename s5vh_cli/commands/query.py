@@ -41,13 +41,24 @@ def register(app: typer.Typer) -> None:
         Exit code: 0 when every query found at least one result, 1 when some query found none (e.g. nothing
         within --radius; its "status" is "none" in JSON), 2 on error.
         """
-        from ..api import IndexParams, query
         from ..errors import InputError
+        from . import _check
 
         if as_json and as_jsonl:
             raise InputError("give --json or --jsonl, not both")
         if topk is not None and topk < 1:
             raise InputError(f"--topk must be at least 1, got {topk}")
+        if radius is not None and radius < 0:
+            raise InputError(f"--radius must be at least 0, got {radius}")
+        _check.at_least(batch_size, 1, "--batch-size")
+        _check.existing_index(index)
+        _check.inputs(inputs)
+        _check.existing_file(model, "a model file from `s5vh train`")
+        _check.existing_file(weights, "a backbone weights file")
+        _check.device(device)
+        _check.ssm_backend(ssm_backend)
+        from ..api import IndexParams, query
+
         k = topk if topk is not None else (None if radius is not None else 20)
         machine = as_json or as_jsonl
         out = query(index, inputs, topk=k or 0, radius=radius, exclude_self=exclude_self,

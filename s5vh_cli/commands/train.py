@@ -55,19 +55,17 @@ def train_command(
 ) -> None:
     """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
     hash centres). Writes OUTPUT, plus OUTPUT.run/ with last.pt (for --resume) and metrics.jsonl."""
-    from ..runtime import prefer_passive_openmp
+    from .. import config
+    from . import _check
 
-    prefer_passive_openmp()
-    import torch
-
-    from .. import artifacts, config
-    from ..device import resolve_device
-    from ..train import train
-
-    if threads is not None:
-        if threads < 1:
-            raise typer.BadParameter("must be at least 1", param_hint="--threads")
-        torch.set_num_threads(threads)
+    # every argument and path is checked before torch is imported (that alone takes seconds)
+    if threads is not None and threads < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--threads")
+    _check.existing_file(features, "a features file from `s5vh extract`")
+    _check.existing_file(centers, "a centres file from `s5vh centers`")
+    _check.output_file(output)
+    _check.device(device)
+    _check.ssm_backend(ssm_backend)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
     model_cfg = config.replace(model_cfg, bits=bits, encoder=encoder, tie_directions=tie_directions,
                                decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
@@ -79,6 +77,17 @@ def train_command(
         centers_cfg = config.replace(centers_cfg, seed=seed)
     model_cfg.validate()
     train_cfg.validate()
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()
+    import torch
+
+    from .. import artifacts
+    from ..device import resolve_device
+    from ..train import train
+
+    if threads is not None:
+        torch.set_num_threads(threads)
     dev = resolve_device(device)
     sink = RichProgressSink(quiet=quiet)
     # read and validate every input before printing anything, so bad input is exactly one line

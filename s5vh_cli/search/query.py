@@ -9,6 +9,7 @@ model must be the index's model, else the Hamming distances mean nothing and a M
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -278,13 +279,20 @@ def _prepare(s: Searcher, inputs: list[str]) -> tuple[list[QueryInput], dict[str
             return
         from ..extract import extract_clips
 
-        t0 = time.perf_counter()
-        cache.get()
-        timings["model_load_s"] += time.perf_counter() - t0
+        loader = _Loader.start_for(cache, h)
+        if loader is None:
+            t0 = time.perf_counter()
+            cache.get()
+            timings["model_load_s"] += time.perf_counter() - t0
         backbone, frames, sampling, bb_sha = _clip_settings(h, cache.meta)
         t0 = time.perf_counter()
-        feats, infos = extract_clips([p for _, p in videos], backbone=backbone, frames=frames, sampling=sampling,
-                                     weights=weights, device=device, batch_size=batch_size, progress=progress)
+        try:
+            feats, infos = extract_clips([p for _, p in videos], backbone=backbone, frames=frames,
+                                         sampling=sampling, weights=weights, device=device, batch_size=batch_size,
+                                         progress=progress)
+        finally:
+            if loader is not None:  # its error (a missing or wrong model) is the one to report first
+                timings["model_load_s"] += loader.finish()
         timings["extract_s"] += time.perf_counter() - t0
         got = {i.get("backbone_sha256") for i in infos} - {None, ""}
         if bb_sha and got and got != {bb_sha}:
@@ -332,6 +340,47 @@ def _prepare(s: Searcher, inputs: list[str]) -> tuple[list[QueryInput], dict[str
     if not queries:
         raise InputError("no query inputs: give video files, a folder of videos, a features file or a codes file")
     return queries, timings
+
+
+class _Loader(threading.Thread):
+    """Loads the model (checkpoint, selective-scan kernel) beside the clips' decoding and backbone pass.
+
+    A cold query pays both; on two cores they overlap (OpenCV decodes without the GIL). Used only when the
+    index itself records how its clips were prepared, so nothing needs the model before the frames.
+    """
+
+    def __init__(self, cache: _ModelCache) -> None:
+        super().__init__(name="s5vh-model-load", daemon=True)
+        self.cache, self.error, self.seconds = cache, None, 0.0
+
+    @classmethod
+    def start_for(cls, cache: _ModelCache, h: HammingIndex) -> _Loader | None:
+        if cache.model is not None:
+            return None
+        try:
+            _clip_settings(h, {})
+        except InputError:
+            return None  # the settings come from the model's metadata: load it first
+        import torch  # noqa: F401 - imported once here, before two threads need it
+
+        from .. import checkpoint, device  # noqa: F401
+        loader = cls(cache)
+        loader.start()
+        return loader
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.cache.get()
+        except BaseException as e:  # handed to the caller's thread by finish()
+            self.error = e
+        self.seconds = time.perf_counter() - t0
+
+    def finish(self) -> float:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.seconds
 
 
 def _self_keys(h: HammingIndex, queries: list[QueryInput]) -> list[set[int]]:
