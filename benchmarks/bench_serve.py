@@ -110,6 +110,48 @@ def wrk(url: str, clients: int, seconds: float, codes: list[str], workdir: Path)
             "throughput_per_s": n / (dur / 1e6), "seconds": dur / 1e6, "client": "wrk"}
 
 
+_LAUNCH = """
+import sys
+from s5vh_cli.config import ServeConfig
+from s5vh_cli.serve.app import bind, create_app, run
+from s5vh_cli.serve.state import ServerState
+state = ServerState(sys.argv[1], ServeConfig())
+run(create_app(state), bind("127.0.0.1", int(sys.argv[2])), http=sys.argv[3], loop=sys.argv[4])
+"""
+
+
+def compare_stacks(index: Path, codes: list[str], clients: list[int], seconds: float, workdir: Path) -> list[dict]:
+    """Code queries through uvicorn's pure-Python stack (h11 + asyncio) and its compiled one (httptools +
+    uvloop), the same app, side by side, alternating (wrk)."""
+    import httpx
+
+    rows = []
+    for http, loop in (("h11", "asyncio"), ("httptools", "uvloop"), ("h11", "asyncio"), ("httptools", "uvloop")):
+        port = free_port()
+        p = subprocess.Popen([sys.executable, "-c", _LAUNCH, str(index), str(port), http, loop])
+        url = f"http://127.0.0.1:{port}"
+        try:
+            while True:
+                try:
+                    if httpx.get(url + "/api/health", timeout=5).status_code == 200:
+                        break
+                except httpx.HTTPError:
+                    time.sleep(0.3)
+            wrk(url, 1, 2, codes, workdir)  # warm
+            for n in clients:
+                s0 = proc_cpu(p.pid)
+                r = wrk(url, n, seconds, codes, workdir)
+                r.update(stack=f"{http}+{loop}", server_cpu_ms_per_request=(proc_cpu(p.pid) - s0) * 1000 / r["requests"])
+                rows.append(r)
+                print(f"  {r['stack']:20s} clients {n:2d}: p50 {r['p50_ms']:7.1f} ms  p99 {r['p99_ms']:7.1f} ms  "
+                      f"{r['throughput_per_s']:7.1f}/s  server cpu/request {r['server_cpu_ms_per_request']:.2f} ms",
+                      flush=True)
+        finally:
+            p.terminate()
+            p.wait()
+    return rows
+
+
 def floor(index: Path, clip: Path, repeat: int) -> dict:
     """Decode of the sampled frames and the backbone on them, alone, warm (best and median of ``repeat``)."""
     from s5vh_cli import api, video
@@ -177,6 +219,8 @@ def main() -> None:
     ap.add_argument("--client", choices=("auto", "wrk", "httpx"), default="auto", help="Load generator for code "
                     "queries [auto: wrk when installed (apt-get install wrk), else httpx]; uploads use httpx.")
     ap.add_argument("--code-seconds", type=float, default=10.0, help="With wrk: seconds per concurrency level.")
+    ap.add_argument("--compare-stacks", action="store_true", help="Also run code queries through h11+asyncio and "
+                    "httptools+uvloop side by side (needs wrk).")
     ap.add_argument("--floor-repeat", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path(".bench-data/serve"))
     ap.add_argument("--json", type=Path)
@@ -258,6 +302,9 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
     res["rows"] = rows
+    if a.compare_stacks:
+        print("HTTP stacks, code queries:", flush=True)
+        res["stacks"] = compare_stacks(big, codes, [1, 16], a.code_seconds, a.workdir)
     res["load_after"] = os.getloadavg()
     print(f"load average before {res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f} on {res['cores']} "
           "cores (client and server share them)")

@@ -81,16 +81,22 @@ def bind(host: str, port: int) -> socket.socket:
     info = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(info[0], socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # accepted connections inherit it (Linux): a response written in two parts must not wait for the
+    # client's delayed ACK (~40 ms per request with uvicorn's pure-Python h11 protocol)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.bind(info[4])
     sock.listen(2048)
     sock.set_inheritable(True)
     return sock
 
 
-def run(app: Any, sock: socket.socket, access_log: bool = False) -> None:
-    """Serve until SIGINT/SIGTERM (uvicorn, one process: the loaded index and model live in it)."""
+def run(app: Any, sock: socket.socket, access_log: bool = False, http: str = "auto", loop: str = "auto") -> None:
+    """Serve until SIGINT/SIGTERM (uvicorn, one process: the loaded index and model live in it).
+
+    ``http``/``loop`` "auto" take httptools and uvloop when installed (the serve extra installs them), else
+    the pure-Python h11 and asyncio; benchmarks/bench_serve.py --compare-stacks measures both."""
     import uvicorn
 
     config = uvicorn.Config(app, log_level="warning", access_log=access_log, timeout_graceful_shutdown=5,
-                            limit_concurrency=1024, backlog=2048)
+                            limit_concurrency=1024, backlog=2048, http=http, loop=loop)
     uvicorn.Server(config).run(sockets=[sock])
