@@ -117,7 +117,8 @@ def _warm_up(state) -> None:  # noqa: ANN001 - ServerState, imported lazily
             with tempfile.TemporaryDirectory(prefix="s5vh-warm-") as tmp:
                 clip = Path(tmp) / "warm.mp4"
                 render_clip(clip, "red_circle", np.random.default_rng(0), size=64, n_frames=16)
-                s.query([str(clip)], topk=1)
+                # on the clip thread, which then holds the backbone's per-thread state for the real queries
+                state.clip_pool.submit(s.query, [str(clip)], topk=1).result()
         except S5VHError as e:
             state.model_error = str(e)
     if state.model_error:

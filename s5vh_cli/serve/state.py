@@ -15,7 +15,8 @@ import os
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -133,7 +134,9 @@ class ServerState:
         self.progress = progress or NULL
         self.lock = RWLock()
         self.write_mutex = threading.Lock()  # one write at a time (the index's file lock also holds others off)
-        self.clip_slots = threading.BoundedSemaphore(cfg.clip_workers)
+        # clips are decoded and embedded on these threads only: waiting requests hold no thread, and the
+        # backbone's per-thread scratch memory (oneDNN, malloc arenas) stays with a fixed few threads
+        self.clip_pool = ThreadPoolExecutor(max_workers=cfg.clip_workers, thread_name_prefix="s5vh-clip")
         self.metrics = Metrics()
         self.reloads = 0
         self.searcher = api.Searcher(self.index_path, model_path=model_path, device=device, ssm_backend=ssm_backend,
@@ -144,6 +147,12 @@ class ServerState:
         self._dedup: dict[tuple[str, int | None], Any] = {}
         self.model_error: str | None = None
         self.searcher.index.row_of()  # built now, not on the first query
+
+    async def on_clip_thread(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Run ``fn(*args)`` on a clip thread; the caller's coroutine waits without holding a thread."""
+        import asyncio
+
+        return await asyncio.wrap_future(self.clip_pool.submit(fn, *args))
 
     # ---------------------------------------------------------------------------------------------- reads
     @contextlib.contextmanager

@@ -42,12 +42,12 @@ async def query_clip(request: Request, name: str = Query("clip", max_length=255,
                 f.write(chunk)
         if size == 0:
             raise InputError("the request body is empty: send the clip's bytes")
-        doc = await run_in_threadpool(_clip, state, str(path), os.path.basename(name), k, radius)
+        doc = await state.on_clip_thread(_clip, state, str(path), os.path.basename(name), k, radius)
     return CLIJSON(doc)
 
 
 def _clip(state: ServerState, path: str, name: str, k: int, radius: int | None) -> dict:
-    with state.clip_slots, state.reading() as s:
+    with state.reading() as s:
         out = s.query([path], topk=k, radius=radius)
     for q in out.queries:  # the upload's temporary file is gone; the query is the name it was sent under
         q.name, q.id, q.path = name, name, ""
@@ -55,16 +55,19 @@ def _clip(state: ServerState, path: str, name: str, k: int, radius: int | None) 
 
 
 @router.post("/paths", response_class=CLIJSON, responses={**_DOC, 403: {"model": Error}, 404: {"model": Error}})
-def query_paths(req: PathQuery, state: ServerState = Depends(get_state)) -> CLIJSON:
+async def query_paths(req: PathQuery, state: ServerState = Depends(get_state)) -> CLIJSON:
     """Query with files or folders on the server (videos, a features file, a codes file), inside its roots."""
     paths = [str(state.roots.resolve(p, "paths")) for p in req.paths]
     k = topk_for(req.topk, req.radius, state.cfg.topk)
     if req.radius is not None:
         _check_radius(state, req.radius)
+
+    def run() -> dict:
+        with state.reading() as s:
+            return s.query(paths, topk=k, radius=req.radius, exclude_self=req.exclude_self).to_json()
+
     has_clips = any(not p.endswith(".h5") for p in paths)
-    with (state.clip_slots if has_clips else _Null()), state.reading() as s:
-        out = s.query(paths, topk=k, radius=req.radius, exclude_self=req.exclude_self)
-    return CLIJSON(out.to_json())
+    return CLIJSON(await (state.on_clip_thread(run) if has_clips else run_in_threadpool(run)))
 
 
 @router.post("/codes", response_class=CLIJSON, responses=_DOC)
@@ -101,10 +104,3 @@ def _check_radius(state: ServerState, radius: int) -> None:
     if radius > bits:  # before a clip is decoded
         raise InputError(f"--radius must be between 0 and {bits} (the code length), got {radius}")
 
-
-class _Null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
