@@ -11,6 +11,7 @@ request.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import threading
 import time
@@ -134,6 +135,7 @@ class ServerState:
         self.progress = progress or NULL
         self.lock = RWLock()
         self.write_mutex = threading.Lock()  # one write at a time (the index's file lock also holds others off)
+        self._reload_mutex = threading.Lock()
         # clips are decoded and embedded on these threads only: waiting requests hold no thread, and the
         # backbone's per-thread scratch memory (oneDNN, malloc arenas) stays with a fixed few threads
         self.clip_pool = ThreadPoolExecutor(max_workers=cfg.clip_workers, thread_name_prefix="s5vh-clip")
@@ -164,15 +166,20 @@ class ServerState:
             yield self.searcher
 
     def reload(self) -> None:
-        with self.lock.write():
+        """Open the index files again beside the current searcher (queries go on with it meanwhile), then swap
+        the new one in under the write lock; the loaded model carries over."""
+        with self._reload_mutex:
             stamp = _stamp(self.index_path)
             if stamp == self._stamp:
                 return
-            self.searcher.reopen()
-            self.searcher.index.row_of()
-            self._stamp = stamp
-            self._dedup.clear()
-            self.reloads += 1
+            fresh = copy.copy(self.searcher)  # reopen() replaces its index and model cache, not the old ones
+            fresh.reopen()
+            fresh.index.row_of()
+            with self.lock.write():
+                self.searcher = fresh
+                self._stamp = stamp
+                self._dedup.clear()
+                self.reloads += 1
 
     # --------------------------------------------------------------------------------------------- writes
     @contextlib.contextmanager
