@@ -6,6 +6,8 @@ wait for a core; CPU time is much less so, and it is what an idle machine's wall
 single-threaded parts. The load average is printed with the results.
 
     python benchmarks/bench_startup.py [--repeat 5] [--json out.json]
+    python benchmarks/bench_startup.py --before DIR     # also another s5vh_cli source tree, interleaved:
+    git archive REV s5vh_cli | tar -x -C DIR             #   DIR holds the s5vh_cli of an older revision
     python benchmarks/bench_startup.py --cold-query INDEX CLIP [--repeat 3]
 """
 
@@ -64,19 +66,25 @@ def stats(xs: list[float]) -> dict[str, float]:
     return {"best": min(xs), "median": statistics.median(xs)}
 
 
-def startup(repeat: int) -> dict:
+def startup(repeat: int, before: Path | None = None) -> dict:
+    """Each case in fresh processes; with ``before``, the same case from that source tree right after it."""
+    sources = [("", HERE.parent)] + ([(" [before]", before)] if before else [])
     rows = {}
-    with tempfile.TemporaryDirectory() as d:
+    with tempfile.TemporaryDirectory() as d:  # run elsewhere than the repository, so PYTHONPATH decides
         Path(d, "folder").mkdir()
         for name in ("feats.txt", "index.txt", "labels.txt"):
             Path(d, name).write_text("placeholder\n")
         for _ in range(repeat):  # interleaved, so that load changes hit every case alike
             for label, args in CASES:
-                cmd = args if args[0] == sys.executable else s5vh(args)
-                wall, cpu, rc, _ = timed_cpu(cmd, cwd=d)
-                r = rows.setdefault(label, {"wall": [], "cpu": [], "rc": rc})
-                r["wall"].append(wall)
-                r["cpu"].append(cpu)
+                for tag, src in sources:
+                    if args[0] == sys.executable and tag:
+                        continue
+                    env = dict(os.environ, PYTHONPATH=str(src))
+                    cmd = args if args[0] == sys.executable else s5vh(args)
+                    wall, cpu, rc, _ = timed_cpu(cmd, cwd=d, env=env)
+                    r = rows.setdefault(label + tag, {"wall": [], "cpu": [], "rc": rc})
+                    r["wall"].append(wall)
+                    r["cpu"].append(cpu)
     return {k: {"rc": v["rc"], "wall": stats(v["wall"]), "cpu": stats(v["cpu"])} for k, v in rows.items()}
 
 
@@ -134,6 +142,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeat", type=int, default=5)
     ap.add_argument("--cold-query", nargs=2, metavar=("INDEX", "CLIP"))
+    ap.add_argument("--before", type=Path, help="A folder holding another revision's s5vh_cli, measured too.")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args()
     res: dict = {"load_before": os.getloadavg()}
@@ -147,10 +156,10 @@ def main() -> None:
         for k, v in cq["stages"].items():
             print(f"{k:60s} {v['wall_median']:8.3f} {v['cpu_median']:8.3f}")
     else:
-        res["startup"] = startup(a.repeat)
-        print(f"{'command':36s} {'rc':>3s} {'wall best':>10s} {'wall med':>9s} {'cpu best':>9s} {'cpu med':>8s}")
+        res["startup"] = startup(a.repeat, a.before)
+        print(f"{'command':45s} {'rc':>3s} {'wall best':>10s} {'wall med':>9s} {'cpu best':>9s} {'cpu med':>8s}")
         for k, v in res["startup"].items():
-            print(f"{k:36s} {v['rc']:3d} {v['wall']['best']:10.3f} {v['wall']['median']:9.3f} "
+            print(f"{k:45s} {v['rc']:3d} {v['wall']['best']:10.3f} {v['wall']['median']:9.3f} "
                   f"{v['cpu']['best']:9.3f} {v['cpu']['median']:8.3f}")
     res["load_after"] = os.getloadavg()
     print(f"load average before {res['load_before'][0]:.1f}, after {res['load_after'][0]:.1f} "
