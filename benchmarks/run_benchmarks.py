@@ -43,17 +43,46 @@ import re
 import shlex
 import subprocess
 import sys
+import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
-METHODS = ("lsh", "itq", "s5vh_paper", "s5vh_released", "transformer", "videohash")
-DEFAULT_METHODS = METHODS[:5]
-LEARNT = {  # method -> extra `s5vh train` options
-    "s5vh_paper": ["--behaviour", "paper"],
-    "s5vh_released": ["--behaviour", "released"],
-    "transformer": ["--behaviour", "paper", "--encoder", "transformer"],
+
+@dataclass(frozen=True)
+class Method:
+    """One row of the tables. Adding a method is one entry in REGISTRY.
+
+    kind: ``baseline`` (benchmarks.baselines on mean features), ``videohash`` (benchmarks.baselines from the
+    video files), ``learnt`` (``s5vh train`` + ``s5vh encode``), ``float`` (the features themselves, ranked by
+    cosine of their mean; no bits, one row).
+    """
+
+    label: str
+    kind: str
+    train: tuple[str, ...] = ()  # extra `s5vh train` options (learnt)
+    encode: tuple[str, ...] = ()  # extra `s5vh encode` options (learnt)
+    run_settings: bool = True  # learnt: pass the run's --preset/--epochs/--batch-size; False = the CLI's defaults
+    default: bool = True  # in the default --methods
+
+
+REGISTRY = {
+    "lsh": Method("LSH (mean features)", "baseline"),
+    "itq": Method("ITQ (mean features)", "baseline"),
+    "s5vh_paper": Method("S5VH, paper", "learnt", ("--behaviour", "paper")),
+    "s5vh_released": Method("S5VH, released options", "learnt", ("--behaviour", "released")),
+    "transformer": Method("Transformer encoder, same training", "learnt",
+                          ("--behaviour", "paper", "--encoder", "transformer")),
+    "videohash": Method("videohash 3.0.1 (from the files)", "videohash", default=False),
+    "cosine": Method("float cosine (mean features, no bits)", "float", default=False),
+    "s5vh_defaults": Method("S5VH as published, `s5vh train` defaults", "learnt", ("--behaviour", "paper"),
+                            run_settings=False, default=False),
 }
-SPLITS = ("train", "query", "database")
+METHODS = tuple(REGISTRY)
+DEFAULT_METHODS = tuple(m for m, spec in REGISTRY.items() if spec.default)
+LEARNT = {m: list(spec.train) for m, spec in REGISTRY.items() if spec.kind == "learnt"}
+NAMES = {m: spec.label for m, spec in REGISTRY.items()}
+SPLITS = ("train", "query", "database", "long", "partial")  # long/partial: the copy benchmark's partial copies
 TINY = {"preset": "demo", "epochs": 1, "bits": "16", "batch_size": 16, "ks": "5,20"}
 
 
@@ -95,6 +124,10 @@ def _run_in_process(cmd: list[str]) -> tuple[int, str, str]:
         from benchmarks import baselines
 
         entry, argv = baselines.main, cmd[3:]
+    elif cmd[1:3] == ["-m", "benchmarks.copy_eval"]:
+        from benchmarks import copy_eval
+
+        entry, argv = copy_eval.main, cmd[3:]
     else:
         from s5vh_cli import cli
 
@@ -130,6 +163,7 @@ class Bench:
         if args.threads:
             self.env["OMP_NUM_THREADS"] = str(args.threads)
         self.results_path = self.work / "results.json"
+        self.lock = threading.RLock()  # --fit-only hashes with videohash in a thread while models train
         self.res: dict = {"steps": {}, "evals": {}, "skipped": {}}
         if self.results_path.is_file() and not args.force:
             old = json.loads(self.results_path.read_text())
@@ -141,7 +175,7 @@ class Bench:
     def _threads(self) -> list[str]:
         return ["--threads", str(self.a.threads)] if self.a.threads else []
 
-    def step(self, key: str, outputs: list[Path], cmds: list[list[str]]) -> dict:
+    def step(self, key: str, outputs: list[Path], cmds: list[list[str]], in_process: bool | None = None) -> dict:
         """Run ``cmds`` unless ``key`` is recorded and its outputs exist; record commands, walls, stdouts."""
         rec = self.res["steps"].get(key)
         if rec and all(p.exists() for p in outputs) and not self.a.force:
@@ -151,15 +185,20 @@ class Bench:
             return rec
         rec = {"commands": [], "walls": [], "stdout": []}
         for cmd in cmds:
-            out, wall = run(cmd, self.env, self.log, self.a.in_process)
+            out, wall = run(cmd, self.env, self.log, self.a.in_process if in_process is None else in_process)
             rec["commands"].append(shlex.join(cmd))
             rec["walls"].append(round(wall, 3))
             rec["stdout"].append(out[-4000:])
-        self.res["steps"][key] = rec
-        self.save()
+        with self.lock:
+            self.res["steps"][key] = rec
+            self.save()
         return rec
 
     def save(self) -> None:
+        with self.lock:
+            self._save()
+
+    def _save(self) -> None:
         self.work.mkdir(parents=True, exist_ok=True)
         meta = {"data": str(self.data), "workdir": str(self.work), "bits": self.bits, "epochs": self.a.epochs,
                 "preset": self.a.preset, "threads": self.a.threads, "methods": self.methods,
@@ -192,7 +231,9 @@ class Bench:
                                      "python -m benchmarks.datasets.fmnist_temporal or .copy_detection)")
         # no train/ split (copy_detection): fit on the database videos, without their labels
         self.train_split = "train" if (self.data / "train").is_dir() else "database"
-        self.splits = [s for s in SPLITS if s != "train" or self.train_split == "train"]
+        self.splits = [s for s in SPLITS if s in ("query", "database") or (self.data / s).is_dir()]
+        # the grown copy benchmark (benchmarks.datasets.copy_detection, version 2): scored by benchmarks.copy_eval
+        self.copy = (self.data / "partial_truth.csv").is_file()
         found = sorted(p.name[len("query_"):-len(".h5")] for p in (self.data / "labels").glob("query_*.h5"))
         if a.levels:
             self.levels = [v.strip() for v in a.levels.split(",") if v.strip()]
@@ -214,8 +255,15 @@ class Bench:
         feats = {}
         if self.a.features:
             src = Path(self.a.features)
-            for split in self.splits:
+            for split in list(self.splits):
+                if split not in self.splits:
+                    continue
                 path = src / f"{split}.h5"
+                if not path.is_file() and split in ("long", "partial"):
+                    self.log(f"# features/{split}: not given, partial copies not scored")
+                    self.splits = [s for s in self.splits if s not in ("long", "partial")]
+                    feats.pop("long", None)
+                    continue
                 if not path.is_file():
                     raise BenchmarkError(f"{path}: missing (--features needs one <split>.h5 per split: "
                                          f"{', '.join(self.splits)})")
@@ -241,9 +289,21 @@ class Bench:
         if split == "train":
             return
         lab = self.data / "labels" / f"{split}_{self.levels[0]}.h5"
+        if split in ("long", "partial"):
+            lab = self.data / "labels" / f"{split}_video.h5"
         with h5py.File(features, "r") as f, h5py.File(lab, "r") as g:
             fid = [Path(x.decode() if isinstance(x, bytes) else str(x)).name for x in f["ids"][()]]
             lid = [Path(x.decode() if isinstance(x, bytes) else str(x)).name for x in g["ids"][()]]
+        if self.copy and split == "query" and fid == sorted(fid) and set(fid) <= set(lid):
+            # copy_eval matches rows by file name, so a sample of the copy queries is scored as it is
+            if len(fid) < len(lid):
+                self.log(f"# features/query: {len(fid)} of the {len(lid)} copy queries (a sample)")
+                listing = self.work / "query_sample.txt"
+                self.work.mkdir(parents=True, exist_ok=True)
+                listing.write_text("\n".join(fid) + "\n")
+                self.res["query_sample"] = {"n": len(fid), "of": len(lid), "features": str(features),
+                                            "list": str(listing)}
+            return
         if fid != lid:
             raise BenchmarkError(f"{features}: its {len(fid)} videos are not the {len(lid)} of {lab} in the same "
                                  "order (re-extract the split folder, or align the labels with "
@@ -267,27 +327,66 @@ class Bench:
         self.step("centers", [out], [cmd])
         return out
 
+    def eval_splits(self) -> list[str]:
+        return [s for s in self.splits if s != "train"]
+
     def baseline(self, method: str, bits: int, feats: dict[str, Path]) -> dict[str, Path] | None:
-        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in ("query", "database")}
+        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in self.eval_splits()}
         codes["query"].parent.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "benchmarks.baselines", "--method", method, "--bits", str(bits),
                "--seed", str(self.a.seed)]
         if method == "videohash":
             if bits != 64:
                 return self.skip(method, bits, "videohash makes 64-bit hashes only")
-            cmd += ["--videohash-python", self.a.videohash_python]
-            for s in ("query", "database"):
-                cmd += ["--videos", str(self.data / s), "-o", str(codes[s])]
+            cmd += ["--videohash-python", self.a.videohash_python, "--workers", str(self.a.videohash_workers)]
+            for s in self.eval_splits():
+                cmd += ["--videos", str(self.videohash_folder(s)), "-o", str(codes[s])]
         else:
             n_fit = self._n_videos(feats["fit"])
             if method == "itq" and n_fit < bits:
                 return self.skip(method, bits, f"ITQ needs at least {bits} training videos, the {self.train_split} "
                                                f"split has {n_fit}")
             cmd += ["--train", str(feats["fit"])]
-            for s in ("query", "database"):
+            for s in self.eval_splits():
                 cmd += ["--encode", str(feats[s]), "-o", str(codes[s])]
-        self.step(f"fit/{method}/{bits}", list(codes.values()), [cmd])
+        self.step(f"fit/{method}/{bits}", list(codes.values()), [cmd],
+                  in_process=False if method == "videohash" else None)
         return codes
+
+    def videohash_folder(self, split: str) -> Path:
+        """The split's folder, or with --videohash-per-kind N a folder of links to N seeded queries per copy kind
+        (videohash reads every file through ffmpeg: seconds per clip)."""
+        n = self.a.videohash_per_kind
+        sample = self.res.get("query_sample")
+        if split != "query" or not (n or sample or self.a.videohash_queries):
+            return self.data / split
+        import random
+
+        import h5py
+
+        from benchmarks.datasets import read_manifest
+
+        keep = None
+        if self.a.videohash_queries:  # a list of query file names
+            keep = {Path(x).name for x in Path(self.a.videohash_queries).read_text().split()}
+        elif sample:  # the same queries as the features hold
+            with h5py.File(sample["features"], "r") as f:
+                keep = {Path(x.decode() if isinstance(x, bytes) else str(x)).name for x in f["ids"][()]}
+        by_kind: dict[str, list[str]] = {}
+        for r in read_manifest(self.data):
+            if r["split"] == "query" and (keep is None or Path(r["path"]).name in keep):
+                by_kind.setdefault(r["transform"], []).append(r["path"])
+        rng = random.Random(self.a.seed)
+        chosen = sorted(p for k in sorted(by_kind) for p in
+                        rng.sample(sorted(by_kind[k]), min(n or len(by_kind[k]), len(by_kind[k]))))
+        folder = self.work / f"videohash_query_{n or 'all'}_per_kind"
+        folder.mkdir(parents=True, exist_ok=True)
+        for p in chosen:
+            link = folder / Path(p).name
+            if not link.exists():
+                link.symlink_to((self.data / p).resolve())
+        self.res["videohash_queries"] = {"per_kind": n, "n": len(chosen), "folder": str(folder)}
+        return folder
 
     def skip(self, method: str, bits: int, why: str) -> None:
         self.log(f"# {method}/{bits}: not applicable: {why}")
@@ -302,25 +401,34 @@ class Bench:
         with h5py.File(path, "r") as f:
             return int(f["feats"].shape[0])
 
-    def learnt(self, method: str, bits: int, feats: dict[str, Path], centers: Path) -> dict[str, Path]:
+    def learnt(self, method: str, bits: int, feats: dict[str, Path], centers: Path | None,
+               encode: bool = True) -> dict[str, Path] | None:
         model = self.work / "models" / f"{method}{bits}.pt"
         model.parent.mkdir(parents=True, exist_ok=True)
-        cmd = [*self.s5vh, "train", str(feats["fit"]), "--centers", str(centers), "-o", str(model),
-               "--bits", str(bits), "--preset", self.a.preset, *LEARNT[method], "--seed", str(self.a.seed),
-               *self._threads()]
-        if self.a.epochs:
-            cmd += ["--epochs", str(self.a.epochs)]
-        if self.a.batch_size:
-            cmd += ["--batch-size", str(self.a.batch_size)]
+        spec = REGISTRY[method]
+        if self.a.no_train and not (model.is_file() and f"fit/{method}/{bits}" in self.res["steps"]):
+            return self.skip(method, bits, "no model trained (this run was told --no-train)")
+        cmd = [*self.s5vh, "train", str(feats["fit"]), "-o", str(model), "--bits", str(bits), *spec.train,
+               "--seed", str(self.a.seed), *self._threads()]
+        if spec.run_settings:  # else the CLI's own defaults (it computes its centres in-process, same rule)
+            cmd += ["--centers", str(centers), "--preset", self.a.preset]
+            if self.a.epochs:
+                cmd += ["--epochs", str(self.a.epochs)]
+            if self.a.batch_size:
+                cmd += ["--batch-size", str(self.a.batch_size)]
         self.step(f"fit/{method}/{bits}", [model], [cmd])
-        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in ("query", "database")}
+        if not encode:
+            return None
+        codes = {s: self.work / "codes" / f"{method}{bits}_{s}.h5" for s in self.eval_splits()}
         codes["query"].parent.mkdir(parents=True, exist_ok=True)
-        cmds = [[*self.s5vh, "encode", str(model), str(feats[s]), "-o", str(codes[s]), "-q", *self._threads()]
-                for s in ("query", "database")]
+        cmds = [[*self.s5vh, "encode", str(model), str(feats[s]), "-o", str(codes[s]), "-q", *spec.encode,
+                 *self._threads()] for s in self.eval_splits()]
         self.step(f"encode/{method}/{bits}", list(codes.values()), cmds)
         return codes
 
     def evaluate(self, method: str, bits: int, codes: dict[str, Path]) -> None:
+        if self.copy:
+            return self.evaluate_copy(method, bits, codes)
         for level in self.levels:
             key = f"{method}/{bits}/{level}"
             if key in self.res["evals"] and not self.a.force and key in self.res["steps"]:
@@ -337,10 +445,31 @@ class Bench:
             rec["stdout"] = []  # the PR curve is not needed twice
             self.save()
 
+    def evaluate_copy(self, method: str, bits: int, codes: dict[str, Path]) -> None:
+        """benchmarks.copy_eval: top-1, mAP@K per level, per-transform breakdown, partial copies."""
+        key = f"{method}/{bits}/copy"
+        out = self.work / "scores" / f"{method}{bits}.json"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "benchmarks.copy_eval", "--data", str(self.data), "--query", str(codes["query"]),
+               "--database", str(codes["database"]), "--ks", ",".join(map(str, self.ks)), "-o", str(out)]
+        if "partial" in codes and "long" in codes:
+            cmd += ["--partial", str(codes["partial"]), "--long", str(codes["long"])]
+        if self.res.get("query_sample"):  # every method is scored on the queries the features hold
+            cmd += ["--queries", self.res["query_sample"]["list"]]
+        self.step(key, [out], [cmd])
+        doc = json.loads(out.read_text())
+        self.res["evals"][key] = doc
+        for level, maps in doc["segments"]["map"].items():  # the mAP@K tables every dataset has
+            self.res["evals"][f"{method}/{bits}/{level}"] = {"map_at_k": {k: v["mean"] for k, v in maps.items()},
+                                                             "n_query": doc["segments"]["top1"]["n"]}
+        self.save()
+
     def rows(self) -> list[dict]:
         rows = []
         for bits in getattr(self, "bits", []):
             for method in getattr(self, "methods", []):
+                if REGISTRY[method].kind == "float" and bits != self.bits[0]:
+                    continue  # no code length: one row
                 fit = self.res["steps"].get(f"fit/{method}/{bits}")
                 enc = self.res["steps"].get(f"encode/{method}/{bits}")
                 row = {"method": method, "bits": bits,
@@ -355,17 +484,67 @@ class Bench:
                     ev = self.res["evals"].get(f"{method}/{bits}/{level}")
                     if ev:
                         row["map"][level] = ev["map_at_k"]
+                if f"{method}/{bits}/copy" in self.res["evals"]:
+                    row["copy"] = self.res["evals"][f"{method}/{bits}/copy"]
+                if REGISTRY[method].kind == "float":
+                    row["bits"] = None
                 rows.append(row)
         return rows
 
+    def fit_only(self) -> list[dict]:
+        """Train the learnt methods on the fit split alone (recorded steps that a later full run reuses), so
+        that training can start while the other splits are still being extracted."""
+        self.prepare()
+        if not self.a.features:
+            raise BenchmarkError("--fit-only needs --features (a folder holding the fit split's <split>.h5)")
+        path = Path(self.a.features) / f"{self.train_split}.h5"
+        learnt = [m for m in self.methods if REGISTRY[m].kind == "learnt"]
+        if learnt and not path.is_file():
+            raise BenchmarkError(f"{path}: missing (--fit-only needs the {self.train_split} features)")
+        if learnt:
+            self._check_rows(path, self.train_split)
+        feats = {self.train_split: path, "fit": path}
+        failed: list[BaseException] = []
+        hasher = None
+        if "videohash" in self.methods and 64 in self.bits:  # reads the video files only: hash meanwhile
+            def hash_all() -> None:
+                try:
+                    self.baseline("videohash", 64, feats)
+                except BaseException as e:  # noqa: BLE001 - reported after the join
+                    failed.append(e)
+
+            hasher = threading.Thread(target=hash_all)
+            hasher.start()
+        centers = None
+        for bits in self.bits:
+            for method in self.methods:
+                if REGISTRY[method].kind != "learnt":
+                    continue
+                if centers is None and REGISTRY[method].run_settings:
+                    centers = self.centers(path)
+                self.learnt(method, bits, feats, centers, encode=False)
+        if hasher is not None:
+            hasher.join()
+        if failed:
+            raise failed[0]
+        self.save()
+        return self.rows()
+
     def run_all(self) -> list[dict]:
+        if self.a.fit_only:
+            return self.fit_only()
         self.prepare()
         feats = self.extract()
         centers = None
         for bits in self.bits:
             for method in self.methods:
-                if method in LEARNT:
-                    if centers is None:
+                kind = REGISTRY[method].kind
+                if kind == "float":
+                    if bits != self.bits[0]:
+                        continue
+                    codes = {s: feats[s] for s in self.eval_splits()}  # copy_eval ranks features by cosine
+                elif kind == "learnt":
+                    if centers is None and REGISTRY[method].run_settings:
                         centers = self.centers(feats["fit"])
                     codes = self.learnt(method, bits, feats, centers)
                 else:
@@ -394,14 +573,73 @@ def _median_epoch_seconds(run_dir: Path) -> float | None:
     return round(times[len(times) // 2], 2) if times else None
 
 
-NAMES = {"lsh": "LSH (mean features)", "itq": "ITQ (mean features)", "s5vh_paper": "S5VH, paper",
-         "s5vh_released": "S5VH, released options", "transformer": "Transformer encoder, same training",
-         "videohash": "videohash 3.0.1 (from the files)"}
+def _seconds(r: dict) -> tuple[str, str, str]:
+    """(train s, s/epoch, encode s) cells of a row."""
+    if REGISTRY.get(r["method"], Method("", "")).kind == "float":
+        return "-", "-", "-"
+    t = "" if r["train_s"] is None else f"{r['train_s']:.1f}"
+    if r["train_loop_s"] is not None:
+        t += f" ({r['train_loop_s']:.1f})"
+    e = "-" if r["method"] in ("lsh", "itq", "videohash") and r["train_s"] is not None else (
+        "" if r["encode_s"] is None else f"{r['encode_s']:.1f}")
+    ep = "-" if r.get("epoch_s") is None else f"{r['epoch_s']:.1f}"
+    return t, ep, e
+
+
+def _pm(v: dict | str | None, digits: int = 3) -> str:
+    """'mean ± se' of a copy_eval statistic."""
+    if not isinstance(v, dict) or v.get("mean") is None:
+        return v if isinstance(v, str) else "not run"
+    se = v.get("se")
+    return f"{v['mean']:.{digits}f} ± {se:.{digits}f}" if se is not None and math.isfinite(se) else \
+        f"{v['mean']:.{digits}f}"
+
+
+def copy_markdown(rows: list[dict], ks: list[int]) -> str:
+    """The copy benchmark's tables: headline scores per method and bit length, then top-1 per copy kind."""
+    done = [r for r in rows if r.get("copy")]
+    if not done:
+        return ""
+    k2 = next((k for k in ks if k > 1), ks[-1])
+    out = ["**Copy detection** (mean ± standard error over queries):\n",
+           f"| method | bits | exact top-1 | exact mAP@{k2} | same_shot mAP@1 | same_shot mAP@{k2} | partial: source "
+           "at rank 1 | partial: range ± 1 s | train s | encode s |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in done:
+        seg, part = r["copy"]["segments"], r["copy"].get("partial", {})
+        mp = seg["map"]
+        t, _, e = _seconds(r)
+        out.append("| " + " | ".join([
+            NAMES.get(r["method"], r["method"]), "-" if r["bits"] is None else str(r["bits"]), _pm(seg["top1"]),
+            _pm(mp.get("exact", {}).get(str(k2))), _pm(mp.get("same_shot", {}).get("1")),
+            _pm(mp.get("same_shot", {}).get(str(k2))), _pm(part.get("top1")), _pm(part.get("time_range", "n/a")),
+            t, e]) + " |")
+    longest = max((r["bits"] or 0) for r in done)
+    cols = [r for r in done if r["bits"] in (longest, None)]
+    kinds = list(dict.fromkeys(k for r in cols for k in r["copy"]["segments"]["per_transform"]))
+    try:  # the builder's order: singles, pairs, natural kinds
+        from benchmarks.datasets.copy_detection import KINDS
+
+        kinds.sort(key=lambda k: KINDS.index(k) if k in KINDS else len(KINDS))
+    except ImportError:
+        pass
+    out += ["", f"**Exact top-1 per copy kind** ({longest} bits; float cosine has no bits):\n",
+            "| kind | n | " + " | ".join(NAMES.get(r["method"], r["method"]) for r in cols) + " |",
+            "|---|---:|" + "---:|" * len(cols)]
+    fam = [("all singles", "single"), ("all pairs", "pair"), ("all natural", "natural")]
+    for label, key, where in [(k, k, "per_transform") for k in kinds] + [(a, b, "per_family") for a, b in fam]:
+        cells = [r["copy"]["segments"][where].get(key, {}).get("top1") for r in cols]
+        n = next((c["n"] for c in cells if c), 0)
+        out.append(f"| {label} | {n} | " + " | ".join(_pm(c, 2) for c in cells) + " |")
+    return "\n".join(out)
 
 
 def markdown(rows: list[dict], ks: list[int], levels: list[str], meta: dict) -> str:
     """One table per label level: mAP@K per method and bit length, with train and encode seconds."""
     out = []
+    copy = copy_markdown(rows, ks)
+    if copy:
+        out += [copy, ""]
     for level in levels:
         out.append(f"**{level}** relevance (query vs database):\n")
         head = ["method", "bits", *[f"mAP@{k}" for k in ks], "train s", "s/epoch", "encode s"]
@@ -411,21 +649,16 @@ def markdown(rows: list[dict], ks: list[int], levels: list[str], meta: dict) -> 
             m = r["map"].get(level)
             missing = "n/a" if r.get("skipped") else "not run"
             cells = [f"{m[str(k)]:.4f}" if m and str(k) in m else missing for k in ks]
-            t = "" if r["train_s"] is None else f"{r['train_s']:.1f}"
-            if r["train_loop_s"] is not None:
-                t += f" ({r['train_loop_s']:.1f})"
-            e = "-" if r["method"] in ("lsh", "itq", "videohash") and r["train_s"] is not None else (
-                "" if r["encode_s"] is None else f"{r['encode_s']:.1f}")
-            ep = "-" if r.get("epoch_s") is None else f"{r['epoch_s']:.1f}"
-            out.append("| " + " | ".join([NAMES.get(r["method"], r["method"]), str(r["bits"]), *cells, t, ep, e])
-                       + " |")
+            t, ep, e = _seconds(r)
+            bits = "-" if r["bits"] is None else str(r["bits"])
+            out.append("| " + " | ".join([NAMES.get(r["method"], r["method"]), bits, *cells, t, ep, e]) + " |")
         out.append("")
     for r in rows:
         if r.get("skipped"):
             out.append(f"n/a: {NAMES.get(r['method'], r['method'])}, {r['bits']} bits: {r['skipped']}.")
     out.append("train s: wall seconds of the fit command (in brackets: the training loop as `s5vh train` reports "
-               "it); baselines fit and encode in one command. s/epoch: median epoch of the training loop. encode s: wall seconds of the two `s5vh encode` "
-               f"runs (query + database). Preset {meta['preset']}, epochs {meta['epochs'] or 'preset'}, "
+               "it); baselines fit and encode in one command. s/epoch: median epoch of the training loop. encode s: wall seconds of the `s5vh encode` "
+               f"runs (one per evaluated split). Preset {meta['preset']}, epochs {meta['epochs'] or 'preset'}, "
                f"threads {meta['threads'] or 'default'}; "
                + ("commands run in-process (no start-up in the seconds)." if meta.get("in_process") else
                   "each command a subprocess (start-up included)."))
@@ -450,10 +683,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--levels", help="label levels to evaluate (default: every labels/query_<level>.h5)")
     ap.add_argument("--features", help="folder with <split>.h5 features extracted before (skips extract)")
     ap.add_argument("--videohash-python", help="Python interpreter with videohash installed (--methods videohash)")
+    ap.add_argument("--videohash-workers", type=int, default=2, help="parallel videohash processes (default 2)")
+    ap.add_argument("--videohash-queries", help="copy benchmark: hash only the queries named in this file")
+    ap.add_argument("--videohash-per-kind", type=int, default=0,
+                    help="copy benchmark: hash only this many seeded queries per copy kind (0: all)")
     ap.add_argument("--ks", default="5,20,100", help="mAP@K cut-offs (default 5,20,100)")
     ap.add_argument("--tiny", action="store_true",
                     help="smoke configuration: preset demo, 1 epoch, 16 bits, batch 16, K 5,20")
     ap.add_argument("--force", action="store_true", help="redo steps already recorded in the workdir")
+    ap.add_argument("--no-train", action="store_true",
+                    help="learnt methods: use the models recorded in the workdir, mark the others n/a")
+    ap.add_argument("--fit-only", action="store_true",
+                    help="only train the learnt methods on the fit split (--features), and hash the files with videohash "
+                         "meanwhile; a later run reuses both")
     ap.add_argument("--in-process", action="store_true",
                     help="run the printed commands inside this interpreter (no per-command Python start; "
                          "seconds then leave out start-up and imports)")
@@ -483,6 +725,8 @@ def main(argv: list[str] | None = None) -> int:
     log(markdown(rows, bench.ks, bench.levels, {"preset": args.preset, "epochs": args.epochs,
                                                 "threads": args.threads, "in_process": args.in_process}))
     log(f"# results: {bench.results_path} and {bench.work / 'results.md'}")
+    if args.fit_only:
+        return 0
     bad = [r for r in rows for lv in bench.levels if not r.get("skipped")
            and (lv not in r["map"] or not all(math.isfinite(v) for v in r["map"][lv].values()))]
     return 1 if bad else 0

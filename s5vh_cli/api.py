@@ -32,8 +32,10 @@ from .search.index import (
     build_index,
     check_recall,
     meta_path,
+    migrate_index,
     open_index,
     remove,
+    verify_index,
 )
 from .search.moves import MoveReport, move_duplicates, undo_moves
 from .search.query import QueryOutcome, Searcher, query
@@ -41,8 +43,9 @@ from .search.sync import SyncPlan, SyncReport, plan_sync, sync
 
 __all__ = [
     "AddReport", "Codes", "DedupResult", "HammingIndex", "IndexParams", "MoveReport", "QueryOutcome", "Searcher",
-    "SyncPlan", "SyncReport", "add", "build", "check_recall", "dedup", "meta_path", "move_duplicates", "open_index",
-    "plan_sync", "query", "remove", "remove_summary", "add_summary", "sync", "undo_moves",
+    "SyncPlan", "SyncReport", "add", "add_summary", "build", "check_recall", "dedup", "meta_path", "migrate",
+    "move_duplicates", "open_index", "plan_sync", "query", "remove", "remove_summary", "sync", "undo_moves",
+    "verify_index",
 ]
 
 
@@ -51,9 +54,13 @@ def _codes(codes: Codes | str | os.PathLike) -> Codes:
 
 
 def build(codes: Codes | str | os.PathLike | Sequence[Codes | str | os.PathLike], out: str | os.PathLike,
-          index_type: str = "BFlat", params: IndexParams | None = None, backend: str = "faiss",
+          index_type: str | None = None, params: IndexParams | None = None, backend: str = "faiss",
           backend_options: dict[str, Any] | None = None, progress: Progress | None = None) -> HammingIndex:
-    """Build an index at ``out`` from one or more codes files (or ``Codes``) of one model."""
+    """Build an index at ``out`` from one or more codes files (or ``Codes``) of one model.
+
+    ``backend="milvus"`` keeps the codes in a Milvus collection: ``backend_options={"uri": ..., "collection":
+    ..., "nlist": ...}`` (``nlist`` for ``index_type="BIN_IVF_FLAT"``). ``index_type`` defaults to the
+    backend's exact type."""
     parts = [codes] if isinstance(codes, (Codes, str, os.PathLike)) else list(codes)
     if not parts:
         from .errors import InputError
@@ -67,6 +74,14 @@ def add(index: str | os.PathLike, codes: Codes | str | os.PathLike, on_existing:
         progress: Progress | None = None) -> tuple[HammingIndex, AddReport]:
     """Add codes to an index once per video (see ``search.index.add_codes`` for ``on_existing``)."""
     return add_codes(index, _codes(codes), on_existing=on_existing, progress=progress)  # type: ignore[arg-type]
+
+
+def migrate(index: str | os.PathLike, out: str | os.PathLike, backend: str, index_type: str | None = None,
+            params: IndexParams | None = None, backend_options: dict[str, Any] | None = None,
+            progress: Progress | None = None) -> HammingIndex:
+    """Copy an index into ``backend`` at ``out`` under the same keys (see ``search.index.migrate_index``)."""
+    return migrate_index(index, out, backend, index_type, params=params, backend_options=backend_options,
+                         progress=progress)
 
 
 def dedup(index: str | os.PathLike | HammingIndex, radius: int | None = None,
@@ -87,4 +102,5 @@ def remove_summary(h: HammingIndex, gone: Any) -> dict[str, Any]:
 
 
 # re-exported as they are: meta_path, open_index, remove, query, Searcher, sync, plan_sync, check_recall,
+# verify_index,
 # move_duplicates, undo_moves

@@ -100,14 +100,30 @@ def set_provenance(h5: h5py.File, kind: str, prov: dict[str, Any]) -> None:
         h5.attrs[k] = v
 
 
+def lock_path(path: str | os.PathLike) -> Path:
+    """The lock file of an output: ``.NAME.lock`` beside it (hidden, like the temporaries; never removed)."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.lock")
+
+
 @contextlib.contextmanager
 def output_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
-    """Exclusive advisory lock on ``<path>.lock`` so two processes writing one output serialise."""
+    """Exclusive advisory lock (flock) on the output's lock file, so processes writing one output take turns.
+
+    The lock file is created once and never removed: removing it on release would let a process still waiting
+    on the old file and a newcomer that creates a new one both hold "the" lock at once. It is an empty file;
+    the lock itself lives in the kernel and dies with its process, so a killed writer never blocks the next.
+    """
     path = Path(path)
-    lock_path = path.with_name(path.name + ".lock")
+    if not path.name or path.name in (".", ".."):
+        raise InputError(f"{path}: not a file name")
+    lp = lock_path(path)
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        # read-only is enough for flock and works on a lock file another user created; no symlink is followed
+        fd = os.open(lp, os.O_RDONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise InputError(f"{lp}: the lock file is a symbolic link; remove it") from None
         raise InputError(f"{path.parent}: cannot write here ({e.strerror})") from None
     try:
         try:
@@ -116,9 +132,7 @@ def output_lock(path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
             raise InputError(f"{path}: another s5vh process is writing this file") from None
         yield
     finally:
-        os.close(fd)
-        with contextlib.suppress(OSError):
-            os.unlink(lock_path)
+        os.close(fd)  # releases the lock; the file stays (see above)
 
 
 @contextlib.contextmanager
@@ -202,6 +216,115 @@ def reading(path: str | os.PathLike, kind: str) -> Iterator[None]:
         raise ArtifactError(f"{path}: damaged or malformed {kind} file ({_short(e)})") from None
 
 
+# Declared (uncompressed) bytes a dataset may hold per byte it stores. Deflate, the strongest filter h5py reads
+# without plugins, tops out near 1030:1 on all-zero chunks; s5vh's own datasets are stored uncompressed.
+MAX_EXPANSION = 1100
+
+
+def check_stored_here(h5: h5py.File, path: str | os.PathLike | None = None) -> None:
+    """Refuse an HDF5 file with data that does not live in the file itself, or that it does not hold.
+
+    Checked before anything is read: external links, soft links (s5vh never writes either), datasets with
+    external raw storage or virtual layout (their bytes come from other files, a FIFO, a device...), and datasets
+    whose declared size the file does not back: unallocated storage (reads would return a fill value of any size),
+    missing chunks, stored sizes beyond the end of the file, or more than ``MAX_EXPANSION`` declared bytes per
+    stored byte. Attributes live in the object headers and need no check.
+    """
+    name_of = path if path is not None else h5.filename
+    try:
+        file_size = os.path.getsize(h5.filename)
+    except OSError:
+        file_size = 0
+    problem: list[str] = []
+
+    def visit(name: str, link: Any) -> bool | None:
+        if isinstance(link, h5py.ExternalLink):
+            problem.append(f"'{name}' is an external link to {_clip(link.filename)}:{_clip(link.path)}")
+        elif isinstance(link, h5py.SoftLink):
+            problem.append(f"'{name}' is a soft link (to {_clip(link.path)})")
+        elif not isinstance(link, h5py.HardLink):
+            problem.append(f"'{name}' is a link of an unknown kind")
+        else:
+            obj = h5.get(name)
+            if isinstance(obj, h5py.Dataset):
+                why = _dataset_storage_problem(obj, file_size)
+                if why:
+                    problem.append(f"'{name}' {why}")
+        return True if problem else None
+
+    h5.visititems_links(visit)
+    if problem:
+        why = ("a file that does not hold what it declares is damaged or crafted" if " declares " in problem[0]
+               else "s5vh reads only data stored in the file itself")
+        raise ArtifactError(f"{name_of}: {problem[0]}; {why}, refused")
+
+
+def _clip(text: Any, n: int = 80) -> str:
+    text = str(text)
+    return text if len(text) <= n else text[:n] + "..."
+
+
+def _dataset_storage_problem(ds: h5py.Dataset, file_size: int) -> str | None:
+    dcpl = ds.id.get_create_plist()
+    layout = dcpl.get_layout()
+    if layout == h5py.h5d.VIRTUAL:
+        return "is a virtual dataset (its data lives in other files)"
+    if dcpl.get_external_count():
+        return f"keeps its data in an external file ({_clip(os.fsdecode(dcpl.get_external(0)[0]))})"
+    if ds.shape is None:  # a null dataspace (h5py.Empty): nothing to read
+        return None
+    shape = ds.shape
+    declared = int(np.prod([int(s) for s in shape], dtype=object)) * int(ds.dtype.itemsize)
+    if declared == 0:
+        return None
+    what = f"declares {'x'.join(str(s) for s in shape) or 'a scalar'} {ds.dtype} ({declared:,} bytes)"
+    if layout == h5py.h5d.CHUNKED:
+        chunks = ds.chunks or shape
+        expected = int(np.prod([-(-int(s) // int(c)) for s, c in zip(shape, chunks, strict=True)], dtype=object))
+        stored_chunks = ds.id.get_num_chunks()
+        if stored_chunks < expected:
+            return f"{what} but stores only {stored_chunks:,} of its {expected:,} chunks"
+    stored = int(ds.id.get_storage_size())
+    if stored == 0:
+        return f"{what} but stores none of them"
+    if stored > file_size:
+        return f"{what} and claims {stored:,} stored bytes, more than the {file_size:,}-byte file holds"
+    if declared > MAX_EXPANSION * stored:
+        return f"{what} from only {stored:,} stored bytes (more than {MAX_EXPANSION}:1)"
+    if ds.dtype.kind == "O":
+        return _vlen_problem(ds, dcpl, layout, file_size)
+    return None
+
+
+def _vlen_problem(ds: h5py.Dataset, dcpl: Any, layout: int, file_size: int) -> str | None:
+    """Variable-length elements (ids, paths) say their own length, and HDF5 allocates what they say before it
+    reads the heap: their lengths must add up to no more than the file holds. The on-disk descriptors (a 4-byte
+    length, a heap address, a 4-byte index) are read raw; a layout where they cannot be reached raw is refused."""
+    n = int(np.prod(ds.shape or (), dtype=object))
+    if n == 0:
+        return None
+    step = 8 + ds.file.id.get_create_plist().get_sizes()[0]  # 4-byte length + heap address + 4-byte index
+    if layout == h5py.h5d.CONTIGUOUS and ds.id.get_offset() is not None:
+        with open(ds.file.filename, "rb") as f:
+            f.seek(ds.id.get_offset())
+            raw = f.read(n * step)
+    elif layout == h5py.h5d.CHUNKED and dcpl.get_nfilters() == 0:
+        raw = b"".join(ds.id.read_direct_chunk(ds.id.get_chunk_info(i).chunk_offset)[1]
+                       for i in range(ds.id.get_num_chunks()))
+    else:
+        return "declares variable-length data in a layout whose sizes cannot be checked before reading"
+    if len(raw) < n * step:
+        return f"declares {n} variable-length elements but stores fewer descriptors"
+    lengths = np.frombuffer(raw[: len(raw) // step * step], dtype=np.uint8).reshape(-1, step)[:, :4]
+    total = int(lengths.copy().view("<u4").astype(np.int64).sum())
+    base = (ds.dtype.metadata or {}).get("vlen", np.uint8)
+    total *= 1 if base in (str, bytes) else np.dtype(base).itemsize
+    if total > file_size:
+        return (f"declares variable-length elements of {total:,} bytes in all, more than the {file_size:,}-byte "
+                "file holds")
+    return None
+
+
 def check_not_input(out: str | os.PathLike, inputs: dict[str, str | os.PathLike | None]) -> None:
     """Refuse an output path that names one of the inputs (writing it would destroy the input)."""
     try:
@@ -211,6 +334,29 @@ def check_not_input(out: str | os.PathLike, inputs: dict[str, str | os.PathLike 
     for what, p in inputs.items():
         if p is not None and os.path.realpath(p) == out_real:
             raise InputError(f"{out}: the output would overwrite the input {what} file; choose another output")
+
+
+def h5_kind(path: str | os.PathLike) -> str | None:
+    """What an input file is, from its attributes alone (no data read): an s5vh kind (``features``, ``centers``,
+    ``codes``, ``index``), ``features`` for a public file with a ``feats`` array, ``""`` for any other HDF5 file
+    (including an ``s5vh_artifact`` attribute that is not a kind name), None for a file that is not HDF5."""
+    p = Path(path)
+    if not p.is_file():
+        return None
+    try:
+        if not h5py.is_hdf5(p):
+            return None
+        with h5py.File(p, "r") as f:
+            kind = f.attrs.get("s5vh_artifact")
+            if isinstance(kind, bytes):
+                kind = kind.decode(errors="replace")
+            if isinstance(kind, str) and kind in KINDS:
+                return kind
+            if kind is None and "feats" in f:  # a link lookup only: nothing is opened or read
+                return "features"
+            return ""
+    except (OSError, ValueError, TypeError):
+        return ""  # HDF5 magic, but damaged: the reader names the problem
 
 
 def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] = ()) -> h5py.File:
@@ -237,6 +383,8 @@ def open_artifact(path: str | os.PathLike, kind: str, required: tuple[str, ...] 
     except Exception as e:  # h5py raises OSError for truncated / damaged files
         raise ArtifactError(f"{path}: damaged or truncated HDF5 file ({_short(e)})") from None
     try:
+        with reading(path, kind):
+            check_stored_here(h5, path)  # before anything else is read: bytes elsewhere, sizes not held
         actual = h5.attrs.get("s5vh_artifact")
         if isinstance(actual, bytes):
             actual = actual.decode(errors="replace")
@@ -289,9 +437,12 @@ def _read_strings(h5: h5py.File, key: str, n: int) -> list[str]:
     ds = h5[key]
     if ds.shape != (n,):
         raise ArtifactError(f"{h5.filename}: '{key}' has shape {ds.shape}, expected ({n},)")
-    if key == "paths" and h5py.check_string_dtype(ds.dtype) is not None:
-        return [os.fsdecode(b) for b in ds[()]]  # raw bytes in a vlen byte string
-    if ds.dtype == BYTES or ds.dtype.kind == "O" and key == "paths":
+    # (h5py's string and vlen dtypes compare equal as numpy dtypes: tell them apart by their metadata)
+    if h5py.check_string_dtype(ds.dtype) is not None:
+        if key == "paths":  # raw bytes of the name in a vlen byte string
+            return [b.decode("utf-8", "surrogateescape") for b in ds[()]]
+        return ds.asstr()[()].tolist()
+    if key == "paths" and h5py.check_vlen_dtype(ds.dtype) is not None:  # files written before 0.2
         return [decode_path(b) for b in ds[()]]
     return [s.decode() if isinstance(s, bytes) else str(s) for s in ds.asstr()[()]]
 
@@ -301,22 +452,6 @@ def _write_ids_paths(h5: h5py.File, ids: list[str], paths: list[str]) -> None:
     # variable-length byte strings hold any path's raw bytes (names need not be UTF-8) and are written in one
     # call; a vlen-uint8 dataset had to be written row by row (232 s for a million paths)
     h5.create_dataset("paths", data=np.array([os.fsencode(p) for p in paths], dtype=object), dtype=PATHS)
-
-
-def check_backed(ds: h5py.Dataset, where: str | os.PathLike) -> None:
-    """Refuse a dataset that declares more bytes than could be stored for it, before reading it.
-
-    Contiguous storage must hold every declared byte; chunked storage may compress, but not beyond what any
-    honest data gives (a file of a few KB declaring gigabytes of zeros or of unwritten chunks is refused).
-    """
-    declared = int(np.prod(ds.shape, dtype=np.float64) * ds.dtype.itemsize)
-    if declared <= (1 << 20):
-        return
-    stored = int(ds.id.get_storage_size())
-    limit = stored if ds.chunks is None else stored * 1024
-    if declared > limit:
-        raise ArtifactError(f"{where}: '{ds.name.lstrip('/')}' declares {declared:,} bytes but the file stores "
-                            f"{stored:,} for it; the file is damaged or crafted")
 
 
 def video_records(meta: dict[str, np.ndarray], n: int) -> dict[str, np.ndarray]:
@@ -350,15 +485,35 @@ def read_records(h5: h5py.File, n: int) -> dict[str, np.ndarray]:
     if "meta" in h5:
         for name in RECORD_FIELDS:
             if name in h5["meta"]:
-                ds = h5["meta"][name]
-                check_backed(ds, h5.filename)
-                meta[name] = ds[()]
+                meta[name] = h5["meta"][name][()]  # open_artifact checked every dataset's storage
     return video_records(meta, n)
 
 
 # ----------------------------------------------------------------------------------------------------------
 # features
 # ----------------------------------------------------------------------------------------------------------
+# Largest feature magnitude accepted. CNN features are O(1)-O(100); values beyond this are damage, and their
+# squares (PCA, layer norms, losses) overflow float32.
+MAX_FEATURE_ABS = 1e6
+
+
+def check_feature_values(block: np.ndarray, name: str, where: str = "",
+                         error: type[S5VHError] = ArtifactError) -> None:
+    """Refuse NaN, infinite or absurdly large feature values (one line naming the file and the videos)."""
+    flat = block.reshape(block.shape[0], -1)
+    with np.errstate(invalid="ignore"):
+        hi, lo = flat.max(axis=1), flat.min(axis=1)  # per video, without a full-size temporary; NaN propagates
+    hi, lo = hi.astype(np.float64), lo.astype(np.float64)  # float16 cannot hold the limit itself
+    bad = ~(np.isfinite(hi) & np.isfinite(lo))
+    if bad.any():
+        raise error(f"{name}: 'feats' holds NaN or infinite values in {int(bad.sum())} video(s){where}")
+    big = (hi > MAX_FEATURE_ABS) | (lo < -MAX_FEATURE_ABS)
+    if big.any():
+        peak = float(max(hi.max(), -lo.min()))
+        raise error(f"{name}: 'feats' holds values as large as {peak:.3g} in {int(big.sum())} video(s)"
+                            f"{where}; features beyond {MAX_FEATURE_ABS:g} are damage")
+
+
 @dataclass
 class Features:
     path: Path
@@ -396,15 +551,17 @@ def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_ha
         n = ds.shape[0]
         if n == 0:
             raise ArtifactError(f"{path}: holds zero videos")
+        if ds.shape[1] == 0 or ds.shape[2] == 0:
+            raise ArtifactError(f"{path}: 'feats' has shape {ds.shape}: zero frames or zero dimensions per video")
         try:
             feats = ds[()]
         except Exception as e:
             raise ArtifactError(f"{path}: cannot read 'feats' ({_short(e)}); the file is damaged") from None
         if feats.dtype == np.float64:
-            feats = feats.astype(np.float32)
-        if check_finite and not np.isfinite(feats).all():
-            bad = int((~np.isfinite(feats)).any(axis=(1, 2)).sum())
-            raise ArtifactError(f"{path}: 'feats' holds NaN or infinite values in {bad} video(s)")
+            with np.errstate(over="ignore"):  # values beyond float32 become inf and are refused just below
+                feats = feats.astype(np.float32)
+        if check_finite:
+            check_feature_values(feats, str(path))
         meta = {}
         if "meta" in h5:
             meta = {k: h5["meta"][k][()] for k in h5["meta"]}

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from .artifacts import Centers
+from .artifacts import Centers, check_feature_values
 from .config import CentersConfig, to_dict
 from .errors import BackendError, InputError
 from .progress import NULL, Progress
@@ -47,8 +47,8 @@ def frame_means(feats: Any, progress: Progress | None = None) -> np.ndarray:
     progress = progress or NULL
     name = _source_name(feats)
     shape = tuple(feats.shape)
-    if len(shape) not in (2, 3) or shape[0] == 0 or shape[-1] == 0:
-        raise InputError(f"{name}: features have shape {shape}, expected [videos, frames, dim] with videos > 0")
+    if len(shape) not in (2, 3) or 0 in shape:
+        raise InputError(f"{name}: features have shape {shape}, expected [videos, frames, dim], none of them 0")
     n = shape[0]
     per_row = int(np.prod(shape[1:])) * max(np.dtype(feats.dtype).itemsize, 4)
     rows = max(1, _CHUNK_BYTES // per_row)
@@ -58,9 +58,7 @@ def frame_means(feats: Any, progress: Progress | None = None) -> np.ndarray:
         block = np.asarray(feats[s:s + rows])
         if block.dtype.kind != "f":
             raise InputError(f"{name}: features have dtype {block.dtype}, expected floating point")
-        if not np.isfinite(block).all():
-            bad = int((~np.isfinite(block.reshape(block.shape[0], -1))).any(axis=1).sum())
-            raise InputError(f"{name}: features hold NaN or infinite values in {bad} video(s) near row {s}")
+        check_feature_values(block, name, f" near row {s}", error=InputError)
         out[s:s + block.shape[0]] = block.mean(axis=1, dtype=np.float64) if block.ndim == 3 else block
         progress.advance(block.shape[0])
     progress.finish()
@@ -491,6 +489,12 @@ def optimize_hash_centers(centroids: np.ndarray, bits: int, cfg: CentersConfig,
 # ----------------------------------------------------------------------------------------------------------
 # the whole pipeline
 # ----------------------------------------------------------------------------------------------------------
+def default_clusters(n_videos: int, preset_clusters: int) -> int:
+    """K when none is given (`s5vh centers` without --clusters, `s5vh train` without --centers): the preset's K,
+    but at most a quarter of the videos so that clusters hold a few videos each, and at least 2."""
+    return max(2, min(int(preset_clusters), int(n_videos) // 4))
+
+
 def validate_config(cfg: CentersConfig) -> None:
     for bits in cfg.bits:
         if int(bits) <= 0 or int(bits) % 8:

@@ -24,7 +24,7 @@ _HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 def features_summary(features: Features) -> dict[str, Any]:
     return {"backbone": features.backbone, "backbone_sha256": features.backbone_sha256,
             "sampling": features.sampling, "frames": features.frames, "feature_dim": features.dim,
-            "sha256": features.sha256}
+            "precision": str(features.attrs.get("precision", "")), "sha256": features.sha256}
 
 
 def save_model(path: str | os.PathLike, model: torch.nn.Module, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -74,6 +74,10 @@ def safe_torch_load(path: str | os.PathLike, what: str = "model") -> Any:
         raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
     if head == _HDF5_MAGIC:
         raise ArtifactError(f"{path}: an HDF5 file, expected a {what} file from `s5vh train` (a .pt file)")
+    if not head.startswith(b"PK\x03\x04"):
+        raise ArtifactError(f"{path}: refused: not a torch zip archive (older pickle formats can run code and "
+                            f"declare sizes they do not hold); not a {what} file from `s5vh train`")
+    _check_zip_records(path, what)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # UnpicklingError for objects outside the allow-list, RuntimeError for damaged zips
@@ -85,10 +89,31 @@ def safe_torch_load(path: str | os.PathLike, what: str = "model") -> Any:
         raise ArtifactError(f"{path}: damaged or truncated {what} file ({first})") from None
 
 
+def _check_zip_records(path: Path, what: str) -> None:
+    """Every record of the archive must be stored, not compressed (torch.save never compresses), so that each
+    tensor's bytes are in the file: a deflated record could expand a few kilobytes into gigabytes."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as z:
+            infos = z.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as e:
+        raise ArtifactError(f"{path}: damaged or truncated {what} file ({str(e)[:120]})") from None
+    size = path.stat().st_size
+    total = sum(info.file_size for info in infos)
+    packed = [info.filename for info in infos if info.compress_type != zipfile.ZIP_STORED]
+    if packed:
+        raise ArtifactError(f"{path}: refused: {len(packed)} record(s) are compressed ({total:,} bytes declared in "
+                            f"a {size:,}-byte file); torch.save writes uncompressed records only")
+    if total > size:
+        raise ArtifactError(f"{path}: damaged {what} file: its records claim {total:,} bytes, more than the "
+                            f"{size:,}-byte file holds")
+
+
 def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
                ssm_backend: str = "auto") -> tuple[torch.nn.Module, dict[str, Any]]:
     """Rebuild the model saved by ``save_model``; returns (model in eval mode, the payload without weights)."""
-    from .model import S5VH
+    from .model import S5VH, check_weights_fit
 
     data = safe_torch_load(path)
     if not isinstance(data, dict) or data.get("s5vh_artifact") != "model":
@@ -105,6 +130,10 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
         cfg = from_dict(ModelConfig, data["model_config"]).validate()
     except S5VHError as e:
         raise ArtifactError(f"{path}: bad model_config ({e})") from None
+    try:
+        check_weights_fit(cfg, data["state_dict"])  # before anything is built from the config
+    except S5VHError as e:
+        raise ArtifactError(f"{path}: weights do not fit the stored model_config ({e})") from None
     try:
         model = S5VH(cfg, ssm_backend=ssm_backend)
         model.load_state_dict(data["state_dict"], strict=True)

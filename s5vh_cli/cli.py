@@ -1,16 +1,17 @@
 """The s5vh command line: a Typer app whose subcommands parse, call the core and print.
 
 Errors raised by the core (``S5VHError``) become one red line on stderr and exit code 2; ``--debug``
-(anywhere on the line) shows the traceback instead.
+(anywhere on the line) prints the traceback first, with the same line and exit code after it.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import sys
+import traceback
 
 import typer
-from rich.markup import escape
 
 try:  # typer >= 0.22 vendors click
     from typer._click import exceptions as _cx
@@ -30,7 +31,7 @@ from .commands import query as _query
 from .commands import serve as _serve
 from .commands import sync as _sync
 from .commands import train as _train
-from .commands._common import err_console
+from .commands._common import err_console, markup_safe, printable
 from .errors import S5VHError
 
 app = typer.Typer(
@@ -56,12 +57,21 @@ def _version(value: bool) -> None:
 def _root(
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", callback=_version,
                                  is_eager=True),
+    debug: bool = typer.Option(False, "--debug", help="On an error, print the traceback before the error line "
+                               "(same exit code). Accepted anywhere on the line, e.g. after a subcommand; "
+                               "S5VH_DEBUG=1 does the same."),
 ) -> None:
     """s5vh: self-supervised video hashing and near-duplicate video search."""
 
 
 for _mod in (_extract, _centers, _train, _encode, _index, _query, _serve, _sync, _dedup, _evaluate, _info, _demo):
     _mod.register(app)
+
+
+def _traceback() -> None:
+    """The current exception's traceback on stderr, control characters escaped (names come from files)."""
+    sys.stderr.write(printable(traceback.format_exc(), keep_newlines=True))
+    sys.stderr.flush()
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -78,30 +88,33 @@ def main(argv: list[str] | None = None) -> None:
     except typer.Exit as e:
         sys.exit(e.exit_code)
     except _cx.ClickException as e:  # usage errors: bad option, missing argument, bad value
-        e.show()
+        buf = io.StringIO()
+        e.show(file=buf)  # the offending value is echoed: escape it like every other name
+        sys.stderr.write(printable(buf.getvalue(), keep_newlines=True))
+        sys.stderr.flush()
         sys.exit(2)
     except (typer.Abort, KeyboardInterrupt):
         err_console.print("[red]interrupted[/red]: outputs already written are intact; rerun to resume")
         sys.exit(130)
     except S5VHError as e:
         if debug:
-            raise
-        err_console.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
+            _traceback()
+        err_console.print(f"[red]error:[/red] {markup_safe(e)}", highlight=False, soft_wrap=True)
         sys.exit(e.exit_code)
     except BrokenPipeError:
         sys.stderr.close()
         sys.exit(0)
     except MemoryError:
         if debug:
-            raise
+            _traceback()
         err_console.print("[red]error:[/red] out of memory; try a smaller --batch-size", highlight=False)
         sys.exit(2)
-    except Exception as e:  # a bug: still one line unless --debug
+    except Exception as e:  # a bug: still one line
         if debug:
-            raise
+            _traceback()
         msg = str(e).splitlines()[0] if str(e) else ""
-        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {escape(msg)} (rerun with --debug for the traceback)",
-                          highlight=False, soft_wrap=True)
+        err_console.print(f"[red]internal error:[/red] {type(e).__name__}: {markup_safe(msg)} (rerun with --debug "
+                          "for the traceback)", highlight=False, soft_wrap=True)
         sys.exit(1)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -44,18 +45,56 @@ class ModelConfig:
     code_tie: str = "plus_one"  # video bit when frame votes tie exactly: +1 (binary codes need a side)
 
     def validate(self) -> ModelConfig:
+        """Types and ranges of every field, so that an ill-typed or absurd config (from a damaged or crafted model
+        file) is one clear line before anything is built."""
+        for name in ("encoder", "decoder_order", "mamba_init", "centers_mode", "code_tie"):
+            _is(name, getattr(self, name), str)
         _choice("encoder", self.encoder, ("mamba", "transformer"))
         _choice("decoder_order", self.decoder_order, ("temporal", "visible_then_masked"))
         _choice("mamba_init", self.mamba_init, ("mamba", "xavier"))
         _choice("centers_mode", self.centers_mode, ("fixed", "learned"))
         _choice("code_tie", self.code_tie, ("plus_one",))
-        if self.bits <= 0 or self.bits % 8:
+        _is("tie_directions", self.tie_directions, bool)
+        for name, (lo, hi) in _MODEL_INT_RANGES.items():
+            _int_in(name, getattr(self, name), lo, hi)
+        if self.bits % 8:
             raise InputError(f"bits must be a positive multiple of 8, got {self.bits}")
-        if self.frames < 2:
-            raise InputError(f"frames must be at least 2, got {self.frames}")
-        if self.feature_dim < 1:
-            raise InputError(f"feature_dim must be positive, got {self.feature_dim}")
+        _is("drop_path", self.drop_path, (int, float))
+        if not 0.0 <= float(self.drop_path) < 1.0:
+            raise InputError(f"drop_path must be in [0, 1), got {self.drop_path}")
+        if self.encoder == "transformer":
+            for name in ("d_model", "dec_d_model"):
+                if getattr(self, name) % self.n_heads:
+                    raise InputError(f"n_heads {self.n_heads} does not divide {name} {getattr(self, name)}")
         return self
+
+
+# Bounds of the integer fields of ModelConfig: far beyond any real model, tight enough that a damaged or crafted
+# config cannot ask for gigabytes (the weights' shapes are checked against the config before anything is built).
+_MODEL_INT_RANGES = {
+    "feature_dim": (1, 1 << 16), "frames": (2, 10_000), "bits": (8, 4096), "d_model": (1, 1 << 14),
+    "depth": (1, 512), "dec_d_model": (1, 1 << 14), "dec_depth": (1, 512), "d_state": (1, 1024),
+    "d_conv": (1, 64), "expand": (1, 64), "n_heads": (1, 1024), "ffn_dim": (1, 1 << 16), "n_clusters": (1, 1 << 20),
+}
+
+
+def _is(name: str, value: Any, types: type | tuple[type, ...]) -> None:
+    ok = isinstance(value, types) and (types is bool or not isinstance(value, bool))  # True is not a number here
+    if not ok:
+        want = types.__name__ if isinstance(types, type) else " or ".join(t.__name__ for t in types)
+        raise InputError(f"{name} must be {want}, got {type(value).__name__} {_short_repr(value)}")
+
+
+def _int_in(name: str, value: Any, lo: int, hi: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise InputError(f"{name} must be an integer, got {type(value).__name__} {_short_repr(value)}")
+    if not lo <= value <= hi:
+        raise InputError(f"{name} must be between {lo} and {hi}, got {value}")
+
+
+def _short_repr(value: Any) -> str:
+    r = repr(value)
+    return r if len(r) <= 40 else r[:40] + "..."
 
 
 @dataclass
@@ -121,6 +160,9 @@ class ExtractConfig:
     sampling: str = "uniform"  # "uniform" (T frames spread over the video) or "fps=RATE" (first T at RATE/s)
     batch_size: int = 32  # frames per forward pass
     dtype: str = "float32"  # stored feature dtype: float32 or float16
+    runtime: str = "auto"  # backbone runtime: auto, torch, onnxruntime, openvino (s5vh_cli/runtimes)
+    precision: str = "auto"  # compute precision: auto (float32 on CPU, float16 on CUDA), float32, bfloat16, float16
+    decoder: str = "auto"  # video decoder: auto (PyAV when installed, else OpenCV), pyav, opencv
 
 
 @dataclass
@@ -190,10 +232,12 @@ def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
 
 def from_dict(cls, data: dict[str, Any]):
     """Build a config dataclass from a dict, refusing unknown keys (a typo must not be ignored)."""
+    if not isinstance(data, dict) or not all(isinstance(k, str) for k in data):
+        raise InputError(f"{cls.__name__} must be a mapping of names to values, got {type(data).__name__}")
     names = {f.name for f in fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:
-        raise InputError(f"unknown {cls.__name__} key(s): {', '.join(unknown)}")
+        raise InputError(f"unknown {cls.__name__} key(s): {', '.join(_short_repr(k) for k in unknown[:5])}")
     return cls(**data)
 
 

@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from . import artifacts
+from . import artifacts, checkpoint
 from .artifacts import Codes
-from .checkpoint import load_model
 from .device import describe_device, resolve_device
 from .errors import InputError, MismatchError
 from .progress import NULL, Progress
+
+if TYPE_CHECKING:
+    from .engines import EncodeEngine
 
 
 def encode_array(model: torch.nn.Module, feats: np.ndarray, batch_size: int = 256,
@@ -52,20 +55,23 @@ def _records(features: artifacts.Features) -> dict[str, np.ndarray]:
 
 def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike, out_path: str | os.PathLike,
                 batch_size: int = 256, device: str = "auto", ssm_backend: str = "auto",
-                progress: Progress | None = None) -> Codes:
-    """Encode a features file with a model file and write the codes artifact (ids/paths and provenance kept)."""
+                progress: Progress | None = None, engine: EncodeEngine | None = None) -> Codes:
+    """Encode a features file with a model file and write the codes artifact (ids/paths and provenance kept).
+
+    ``engine`` runs the model (s5vh_cli.engines; default: this process)."""
+    from .engines.local import LocalEngine
     from .ssm import resolve_backend
 
     progress = progress or NULL
     artifacts.check_not_input(out_path, {"model": model_path, "features": features_path})
     dev = resolve_device(device)
-    model, meta = load_model(model_path, device="cpu")
+    features = artifacts.read_features(features_path)  # first: a bad features file is refused before any model work
+    model, meta = checkpoint.load_model(model_path, device="cpu")
     cfg = model.cfg
     backend_why = "transformer encoder: no selective scan"
     if cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
         model.set_backend(backend)
-    features = artifacts.read_features(features_path)
     if features.dim != cfg.feature_dim or features.frames != cfg.frames:
         raise MismatchError(f"{features_path}: features are [{features.frames} frames x {features.dim}-d] but "
                             f"{model_path} was trained on [{cfg.frames} frames x {cfg.feature_dim}-d]")
@@ -74,7 +80,12 @@ def encode_file(model_path: str | os.PathLike, features_path: str | os.PathLike,
         raise MismatchError(f"{features_path}: features come from backbone {features.backbone} but {model_path} "
                             f"was trained on {trained_on} features")
     progress.log(f"device: {describe_device(dev)}; selective scan: {backend_why}")
-    codes = encode_array(model, features.feats, batch_size=batch_size, device=dev, progress=progress)
+    engine = engine or LocalEngine()
+    try:
+        codes = engine.encode(model, str(model_path), features.feats, batch_size=batch_size, device=device,
+                              ssm_backend=ssm_backend, progress=progress)
+    finally:
+        engine.close()
     model_sha = artifacts.sha256_file(model_path)
     result = Codes(path=Path(out_path), codes=codes, ids=features.ids, paths=features.paths, bits=cfg.bits,
                    model_sha256=model_sha, meta=_records(features))

@@ -23,9 +23,8 @@ import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from functools import lru_cache
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
@@ -45,6 +44,9 @@ from .config import ExtractConfig
 from .errors import ArtifactError, InputError, MismatchError, S5VHError, VideoError
 from .progress import NULL, Progress
 
+if TYPE_CHECKING:
+    from .engines import ExtractEngine, ExtractPlan
+
 LIST_SUFFIXES = (".txt", ".lst", ".list")
 _MAGIC = b"S5VH-extract-journal 1\n"
 
@@ -52,14 +54,18 @@ _MAGIC = b"S5VH-extract-journal 1\n"
 # ----------------------------------------------------------------------------------------------------------
 # inputs
 # ----------------------------------------------------------------------------------------------------------
-def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) -> tuple[list[tuple[str, str]], int]:
+def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None,
+                   notes: list[str] | None = None) -> tuple[list[tuple[str, str]], int]:
     """Expand folders (recursively, video extensions only), globs, list files (.txt/.lst/.list, one path a
     line, relative to the list's folder) and ``-`` (paths on stdin, relative to the working folder).
 
     Returns ([(id, path)], number of non-video files skipped in folders). Ids: the path relative to the folder
     given, for files found in a folder; the path as given otherwise. The order is sorted within each input and
-    inputs keep their order; a file reached twice is kept once.
+    inputs keep their order; a file reached twice is kept once. ``notes``, when given, receives a line for
+    each interpretation a user should know about (a list file read as paths, images skipped in a folder). A
+    list file none of whose lines names an existing file is refused: it is probably not a list.
     """
+    notes = notes if notes is not None else []
     out: list[tuple[str, str]] = []
     ignored = 0
     for raw in inputs:
@@ -67,7 +73,7 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
             lines = stdin if stdin is not None else sys.stdin
             out += [(os.path.normpath(p), p) for p in _list_lines(lines)]
         elif os.path.isdir(raw):
-            found, skipped = _scan_folder(raw)
+            found, skipped = _scan_folder(raw, notes)
             out += found
             ignored += skipped
         elif os.path.isfile(raw) and raw.lower().endswith(LIST_SUFFIXES):
@@ -77,14 +83,19 @@ def collect_inputs(inputs: Iterable[str], stdin: Iterable[str] | None = None) ->
                     entries = _list_lines(f)
             except OSError as e:
                 raise InputError(f"{raw}: cannot read the list ({e.strerror})") from None
-            out += [(os.path.normpath(p), os.path.join(base, p)) for p in entries]
+            listed = [(os.path.normpath(p), os.path.join(base, p)) for p in entries]
+            if listed and not any(os.path.lexists(p) for _, p in listed):
+                raise InputError(f"{raw}: read as a list of video paths (every .txt, .lst or .list input is), but "
+                                 f"none of its {len(listed)} line(s) names an existing file (first: {entries[0]!r})")
+            notes.append(f"{raw}: read as a list of {len(listed)} path(s), one a line")
+            out += listed
         elif _glob.has_magic(raw) and not os.path.exists(raw):
             matches = sorted(_glob.glob(raw, recursive=True))
             if not matches:
                 raise InputError(f"{raw}: the pattern matches no file")
             for m in matches:
                 if os.path.isdir(m):
-                    found, skipped = _scan_folder(m)
+                    found, skipped = _scan_folder(m, notes)
                     out += found
                     ignored += skipped
                 else:
@@ -117,18 +128,24 @@ def _list_lines(lines: Iterable[str]) -> list[str]:
     return [ln.rstrip("\r\n") for ln in lines if ln.strip() and not ln.lstrip().startswith("#")]
 
 
-def _scan_folder(folder: str) -> tuple[list[tuple[str, str]], int]:
-    found, ignored = [], 0
+def _scan_folder(folder: str, notes: list[str] | None = None) -> tuple[list[tuple[str, str]], int]:
+    found, ignored, images = [], 0, []
     for root, dirs, files in os.walk(folder):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
                 continue
             path = os.path.join(root, name)
-            if os.path.splitext(name)[1].lower() in _video.VIDEO_EXTENSIONS:
+            ext = os.path.splitext(name)[1].lower()
+            if ext in _video.VIDEO_EXTENSIONS:
                 found.append((os.path.relpath(path, folder), path))
             else:
                 ignored += 1
+                if ext in _video.IMAGE_EXTENSIONS:
+                    images.append(os.path.relpath(path, folder))
+    if images and notes is not None:
+        notes.append(f"{folder}: skipped {len(images)} still image(s) (first: {display_path(images[0])}); images "
+                     "are not videos, and one named directly is refused the same way")
     return sorted(found), ignored
 
 
@@ -141,6 +158,7 @@ def _worker_init() -> None:
     import cv2
 
     cv2.setNumThreads(1)  # parallelism comes from the worker processes
+    _video.DECODE_THREADS = 1
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is handled once, by the main process
     _die_with_parent()
 
@@ -176,9 +194,9 @@ def file_records(path: str) -> dict[str, Any]:
 
 
 def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int,
-                records: bool = True) -> tuple[str, Any]:
+                decoder: str = "auto", records: bool = True) -> tuple[str, Any]:
     try:
-        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize)
+        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize, decoder=decoder)
         if records:
             clip.file = file_records(path)
         return "ok", clip
@@ -199,7 +217,7 @@ def _reason(msg: str, path: str) -> str:
 def _decoded(jobs: list[tuple[str, str]], cfg: ExtractConfig, size: int, resize: int,
              workers: int) -> Iterator[tuple[str, str, str, Any]]:
     """Yield (id, path, "ok"|"err", Clip|reason) in input order, decoding ``workers`` videos at a time."""
-    args = (cfg.frames, cfg.sampling, size, resize)
+    args = (cfg.frames, cfg.sampling, size, resize, cfg.decoder)
     if workers <= 0:
         for vid, path in jobs:
             yield (vid, path, *_decode_job(path, *args))
@@ -370,7 +388,9 @@ def _finished_ids(out: Path, settings: dict[str, Any]) -> set[str]:
         return set(h5["ids"].asstr()[()]) if "ids" in h5 else set()
 
 
-_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess")
+_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess",
+                 "precision")
+_OPTIONAL_KEYS = {"precision"}  # absent from files made before it was recorded: not compared then
 _META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices", "width", "height",
               "file_size", "file_mtime_ns", "file_sha256")
 
@@ -393,6 +413,8 @@ def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> No
             a = a.item()
         if isinstance(a, bytes):
             a = a.decode()
+        if a is None and k in _OPTIONAL_KEYS:
+            continue
         if a != b:
             diff.append(f"{k} {a!r} vs {b!r}")
     if diff:
@@ -410,7 +432,8 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
         with h5py.File(tmp, "w") as h5:
             set_provenance(h5, "features", prov)
             for k in _SETTING_KEYS:
-                h5.attrs[k] = s[k]
+                if s.get(k) is not None:
+                    h5.attrs[k] = s[k]
             h5.attrs["weights_file"] = s.get("weights_file", "")
             feats = h5.create_dataset("feats", shape=(n, t, d), dtype=dtype, chunks=(1, t, d))
             ids = h5.create_dataset("ids", shape=(n,), dtype=STR)
@@ -445,6 +468,7 @@ class ExtractResult:
     seconds: float = 0.0
     device: str = ""
     weights: str = ""
+    runtime: str = ""  # e.g. "openvino 2026.4.1 on cpu, float32, 2 thread(s)"
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
@@ -457,19 +481,41 @@ def preprocess_string(size: int, resize: int) -> str:
     return f"shorter_side={resize},center_crop={size},cv2_area_down_linear_up,rgb,imagenet_mean_std"
 
 
-def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 2) - 1))
+def default_workers(runtime: str = "torch") -> int:
+    """Decode processes when --workers is not given. With torch on the CPU one core is left to its OpenMP
+    pool, which collapses when it shares cores; the other runtimes cost a fraction of a core per video next to
+    decoding, so every core decodes (docs/extract.md, "Speed")."""
+    cores = os.cpu_count() or 2
+    return max(1, min(8, cores - 1 if runtime == "torch" else cores))
 
 
-def _embed(model, clips: list[Any], device) -> np.ndarray:
-    """Features of the frames of ``clips`` in one forward pass: float32 [sum T, D]."""
-    import torch
+def _embed(embedder, clips: list[Any]) -> np.ndarray:
+    """Features of the frames of ``clips`` in one batch: float32 [sum T, D] (``runtimes.Embedder.embed``)."""
+    return embedder.embed(np.concatenate([c.frames for c in clips]))
 
-    x = torch.from_numpy(np.concatenate([c.frames for c in clips]))
-    if device.type == "cuda":
-        x = x.pin_memory().to(device, non_blocking=True)
-    with torch.inference_mode():
-        return model(x).float().cpu().numpy()
+
+def videos_per_pass(batch_size: int, frames: int) -> int:
+    """Whole videos per forward pass: enough to reach ``batch_size`` frames."""
+    return max(1, -(-batch_size // frames))
+
+
+def embed_clips(embedder, clips: list[Any], videos: int) -> np.ndarray:
+    """Features of the frames of ``clips`` (at most ``videos`` of them) in one batch: float32 [sum T, D].
+
+    The batch always holds ``videos`` clips' worth of frames, the missing ones as zero frames: a frame's features
+    depend on the size of the batch it was computed in (the CPU kernels pick their algorithm by batch size; up
+    to 6e-6 apart measured on MobileNetV2), never on the other frames in it. A fixed size makes every row the
+    same whichever videos share its batch: the last batch of a run, a resumed run and every engine agree exactly.
+    """
+    if len(clips) > videos:
+        raise ValueError(f"embed_clips: {len(clips)} clips for a pass of {videos}")
+    n = sum(len(c.frames) for c in clips)
+    short = videos * len(clips[0].frames) - n
+    if short <= 0:
+        return _embed(embedder, clips)
+    pad = _video.Clip(path="", frames=np.zeros((short, *clips[0].frames.shape[1:]), np.uint8),
+                      indices=np.zeros(0), times=np.zeros(0), frame_count=0, fps=0.0, duration=0.0, valid=0)
+    return _embed(embedder, [*clips, pad])[:n]
 
 
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
@@ -483,17 +529,18 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
             weights: str | None = None, device: str = "auto", workers: int | None = None,
             threads: int | None = None, stdin: Iterable[str] | None = None,
             progress: Progress = NULL, items: list[tuple[str, str]] | None = None,
-            allow_empty: bool = False) -> ExtractResult:
+            allow_empty: bool = False, engine: ExtractEngine | None = None) -> ExtractResult:
     """Extract features of every video in ``inputs`` into ``out`` (resuming a partial or finished output).
 
     ``items`` ((id, absolute path) pairs, as ``collect_inputs`` makes them) replaces ``inputs`` when given.
-    Raises VideoError when no video at all could be extracted (with ``allow_empty``, returns a result with no
-    videos and the failures, writing nothing); individual failures are recorded, not raised.
+    ``engine`` runs the decoding and inference (s5vh_cli.engines; default: this machine with ``workers``
+    decode processes and the backbone runtime of ``config``). Raises VideoError when no video at all could be
+    extracted (with ``allow_empty``, returns a result with no videos and the failures, writing nothing);
+    individual failures are recorded, not raised.
     """
-    import torch
-
-    from .backbones import create_backbone, get_spec
-    from .device import describe_device, resolve_device
+    from .backbones import get_spec
+    from .engines import ExtractPlan
+    from .engines.local import LocalEngine
 
     cfg = config or ExtractConfig()
     spec = get_spec(cfg.backbone)
@@ -508,62 +555,85 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
     if not (out.parent if str(out.parent) else Path(".")).is_dir():
         raise InputError(f"{out.parent}: output folder does not exist")
     ignored = 0
+    notes: list[str] = []
     if items is None:
-        items, ignored = collect_inputs(inputs, stdin)
+        items, ignored = collect_inputs(inputs, stdin, notes)
+        for note in notes:
+            progress.log(note)
     if ignored:
         progress.log(f"skipped {ignored} file(s) without a video extension in the input folder(s)")
     if not items:
         raise InputError(f"no videos found in {', '.join(inputs)}")
+    _video.check_decoder(cfg.decoder)
     if threads:
+        import torch
+
         torch.set_num_threads(threads)
-    dev = resolve_device(device)
-    model = create_backbone(cfg.backbone, weights, dev)
-    workers = default_workers() if workers is None else workers
-    progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on "
-                 f"{describe_device(dev)}; {workers} decode worker(s)")
-    settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": str(sampling),
+    engine = engine or LocalEngine(workers=workers)
+    plan = ExtractPlan(backbone=cfg.backbone, weights=weights, frames=cfg.frames, sampling=str(sampling),
+                       size=spec.input_size, resize=spec.resize,
+                       videos_per_pass=videos_per_pass(cfg.batch_size, cfg.frames), device=device,
+                       runtime=cfg.runtime, precision=cfg.precision, decoder=cfg.decoder, threads=threads)
+    try:
+        return _extract(engine, plan, items, out, cfg, spec, progress, notes, allow_empty)
+    finally:
+        engine.close()
+
+
+def _extract(engine: ExtractEngine, plan: ExtractPlan, items: list[tuple[str, str]], out: Path, cfg: ExtractConfig,
+             spec: Any, progress: Progress, notes: list[str], allow_empty: bool) -> ExtractResult:
+    model = engine.open_backbone(plan)
+    for note in model.notes:
+        progress.log(note)
+    progress.log(f"backbone {cfg.backbone} ({spec.feature_dim}-d, weights {model.weights_path}) on {model.where}")
+    settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": plan.sampling,
                 "frames": cfg.frames, "feature_dim": spec.feature_dim, "dtype": cfg.dtype,
-                "preprocess": preprocess_string(spec.input_size, spec.resize),
+                "preprocess": preprocess_string(spec.input_size, spec.resize), "precision": model.precision,
                 "weights_file": os.path.basename(model.weights_path)}
-    run_cfg = asdict(cfg) | {"sampling": str(sampling)}
-    prov = provenance("extract", run_cfg | {"preprocess": settings["preprocess"]}, {"backbone": model.weights_sha256})
+
+    def prov() -> dict[str, Any]:  # after the run: an engine may learn what its workers resolved ("auto")
+        run_cfg = asdict(cfg) | {"sampling": plan.sampling} | model.record
+        return provenance("extract", run_cfg | {"preprocess": settings["preprocess"]},
+                          {"backbone": model.weights_sha256})
+
     t0 = time.perf_counter()
+
+    def result(**kw: Any) -> ExtractResult:
+        return ExtractResult(out=str(out), device=model.where, weights=model.weights_path, runtime=model.runtime,
+                             notes=notes, **kw)
+
     with output_lock(out, wait=False), _journal_errors(out):
         part = out.with_name(out.name + ".partial")
         if out.exists() and not part.exists():
             done_ids = _finished_ids(out, settings)
             if all(v in done_ids for v, _ in items):  # nothing new: leave the output as it is
                 progress.log(f"{out}: all {len(items)} video(s) already extracted")
-                return ExtractResult(out=str(out), videos=len(done_ids), extracted=0, skipped=len(items),
-                                     device=describe_device(dev), weights=model.weights_path)
+                return result(videos=len(done_ids), extracted=0, skipped=len(items))
         j = _open_journal(out, settings, progress)
         try:
             done = {head["id"] for head, _ in j.rows}
             todo = [(v, p) for v, p in items if v not in done]
             skipped = len(items) - len(todo)
-            extracted, frames_done = _run(j, todo, cfg, spec, model, dev, workers, progress)
+            extracted, frames_done = _run(j, todo, cfg, engine, plan, progress)
             elapsed = time.perf_counter() - t0
             if not j.rows:
                 j.f.close()
                 j.path.unlink(missing_ok=True)
                 if allow_empty:
-                    return ExtractResult(out=str(out), videos=0, extracted=0, skipped=skipped,
-                                         failed=list(j.failures), seconds=elapsed, device=describe_device(dev),
-                                         weights=model.weights_path)
+                    return result(videos=0, extracted=0, skipped=skipped, failed=list(j.failures), seconds=elapsed)
                 first = j.failures[0] if j.failures else ("", "no input")
                 raise VideoError(f"no video could be extracted: {len(j.failures)} failed "
                                  f"(first: {display_path(first[0])}: {first[1]})")
             j.commit()
             if not (j.from_finished and extracted == 0 and not j.failures):  # else the output is already right
-                _finalise(j, out, cfg, prov)
+                _finalise(j, out, cfg, prov())
         finally:
             if not j.f.closed:
                 j.f.close()
         j.path.unlink(missing_ok=True)
-    return ExtractResult(out=str(out), videos=len(j.rows), extracted=extracted, skipped=skipped,
-                         failed=list(j.failures), frames_per_s=frames_done / elapsed if elapsed else 0.0,
-                         videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed,
-                         device=describe_device(dev), weights=model.weights_path)
+    return result(videos=len(j.rows), extracted=extracted, skipped=skipped, failed=list(j.failures),
+                  frames_per_s=frames_done / elapsed if elapsed else 0.0,
+                  videos_per_s=extracted / elapsed if elapsed else 0.0, seconds=elapsed)
 
 
 @contextlib.contextmanager
@@ -578,43 +648,35 @@ def _journal_errors(out: Path) -> Iterator[None]:
         raise InputError(f"{part}: {why}; videos already done are kept there, rerun to resume") from None
 
 
-def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, model, dev, workers: int,
+def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, engine: ExtractEngine, plan: ExtractPlan,
          progress: Progress) -> tuple[int, int]:
     dtype = np.dtype(cfg.dtype)
     progress.start("extract", total=len(todo))
     t0 = time.perf_counter()
     extracted = frames_done = 0
-    batch: list[tuple[str, Any]] = []
-
-    def flush() -> None:
-        nonlocal extracted, frames_done
-        if not batch:
-            return
-        feats = _embed(model, [c for _, c in batch], dev)
-        t = cfg.frames
-        for k, (vid, clip) in enumerate(batch):
-            j.add_video(_row_head(vid, clip), feats[k * t:(k + 1) * t].astype(dtype))
-        j.commit()  # a kill after this point loses nothing of this batch
-        extracted += len(batch)
-        frames_done += len(batch) * t
-        dt = max(time.perf_counter() - t0, 1e-9)
-        progress.advance(len(batch), **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
-                                        "failed": len(j.failures)})
-        batch.clear()
-
     try:
-        for vid, path, status, value in _decoded(todo, cfg, spec.input_size, spec.resize, workers):
-            if status == "err":
-                j.add_failure(path, value)
-                progress.log(f"failed: {display_path(path)}: {value}")
-                progress.advance(1, **{"failed": len(j.failures)})
-                continue
-            for note in value.notes:
-                progress.log(f"note: {display_path(path)}: {note}")
-            batch.append((vid, value))
-            if len(batch) * cfg.frames >= cfg.batch_size:
-                flush()
-        flush()
+        for rows in engine.extract(todo, plan):
+            done = 0
+            for row in rows:
+                if row[0] == "err":
+                    _, _, path, reason = row
+                    j.add_failure(path, reason)
+                    progress.log(f"failed: {display_path(path)}: {reason}")
+                    progress.advance(1, **{"failed": len(j.failures)})
+                    continue
+                _, vid, path, head, feats, notes = row
+                for note in notes:
+                    progress.log(f"note: {display_path(path)}: {note}")
+                j.add_video(head, np.asarray(feats).astype(dtype))
+                done += 1
+            if not done:
+                continue  # failures alone are committed with the next rows
+            j.commit()  # a kill after this point loses nothing of this batch
+            extracted += done
+            frames_done += done * cfg.frames
+            dt = max(time.perf_counter() - t0, 1e-9)
+            progress.advance(done, **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
+                                      "failed": len(j.failures)})
     finally:
         progress.finish()
     return extracted, frames_done
@@ -623,32 +685,29 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, spec, mod
 # ----------------------------------------------------------------------------------------------------------
 # for the query pipeline
 # ----------------------------------------------------------------------------------------------------------
-@lru_cache(maxsize=2)
-def _cached_backbone(name: str, weights: str | None, device: str):
-    from .backbones import create_backbone
-    from .device import resolve_device
-
-    dev = resolve_device(device)
-    return create_backbone(name, weights, dev), dev
-
-
 def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str, weights: str | None = None,
-                  device: str = "auto", batch_size: int = 32,
+                  device: str = "auto", batch_size: int = 32, runtime: str = "auto", precision: str = "auto",
+                  decoder: str = "auto", threads: int | None = None,
                   progress: Progress | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Features of a few clips with exactly the sampling and preprocessing a features artifact records.
 
     ``sampling`` is the artifact's ``sampling`` attribute ("uniform" or "fps=RATE"). Returns float32
     [n, frames, D] and one dict per clip (path, duration, fps, frame_count, valid_frames, frame_times,
-    frame_indices, backbone_sha256). Raises VideoError naming the first clip that cannot be decoded.
+    frame_indices, backbone_sha256, runtime, runtime_version, precision). The backbone runs in the runtime
+    that ``extract`` uses (``runtimes.load_embedder``, loaded once per process). Raises VideoError naming the
+    first clip that cannot be decoded.
     """
     from .backbones import get_spec
+    from .runtimes import load_embedder
 
     progress = progress or NULL
     spec = get_spec(backbone)
     samp = _video.parse_sampling(sampling)
     if frames < 1:
         raise InputError(f"frames must be at least 1, got {frames}")
-    model, dev = _cached_backbone(backbone, None if weights is None else str(weights), device)
+    _video.check_decoder(decoder)
+    model, _ = load_embedder(backbone, weights, runtime=runtime, precision=precision, device=device,
+                             threads=threads, batch_size=batch_size)
     progress.start("extract clips", total=len(paths))
     feats = np.zeros((len(paths), frames, spec.feature_dim), np.float32)
     infos: list[dict[str, Any]] = []
@@ -656,7 +715,7 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
 
     def flush() -> None:
         if pending:
-            f = _embed(model, [c for _, c in pending], dev)
+            f = embed_clips(model, [c for _, c in pending], videos_per_pass(batch_size, frames))
             for k, (i, _) in enumerate(pending):
                 feats[i] = f[k * frames:(k + 1) * frames]
             progress.advance(len(pending))
@@ -664,10 +723,12 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
 
     try:
         for i, p in enumerate(paths):
-            clip = _video.read_frames(str(p), frames, samp, size=spec.input_size, resize=spec.resize)
+            clip = _video.read_frames(str(p), frames, samp, size=spec.input_size, resize=spec.resize,
+                                      decoder=decoder)
             head = _row_head(str(p), clip)
             head["path"] = str(p)
             head["backbone_sha256"] = model.weights_sha256
+            head |= model.record()
             head["notes"] = clip.notes
             infos.append(head)
             pending.append((i, clip))

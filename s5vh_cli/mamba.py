@@ -7,7 +7,10 @@ mamba-ssm runs here on any backend of :mod:`s5vh_cli.ssm`, and the other way rou
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -15,7 +18,7 @@ from torch import nn
 
 from .ssm import check_backend_name, resolved_backend, selective_scan
 
-__all__ = ["BiMambaBlock", "DropPath", "Mamba", "set_ssm_backend"]
+__all__ = ["BiMambaBlock", "DropPath", "Mamba", "set_ssm_backend", "shared_row_draws"]
 
 
 class Mamba(nn.Module):
@@ -160,11 +163,35 @@ class DropPath(nn.Module):
         if self.p == 0.0 or not self.training:
             return x
         keep = 1.0 - self.p
-        mask = x.new_empty((x.shape[0],) + (1,) * (x.dim() - 1)).bernoulli_(keep)
+        shape = (x.shape[0],) + (1,) * (x.dim() - 1)
+        shared = _SHARED_ROWS.get()
+        if shared is None:
+            mask = x.new_empty(shape).bernoulli_(keep)
+        else:
+            rows, index = shared
+            if len(index) != x.shape[0]:
+                raise ValueError(f"DropPath: {x.shape[0]} rows in, {len(index)} expected by shared_row_draws")
+            mask = x.new_empty((rows,) + shape[1:]).bernoulli_(keep)[index.to(x.device)]
         return x * mask.div_(keep)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
+
+
+_SHARED_ROWS: contextvars.ContextVar[tuple[int, torch.Tensor] | None] = contextvars.ContextVar(
+    "s5vh_shared_rows", default=None)
+
+
+@contextlib.contextmanager
+def shared_row_draws(rows: int, index: torch.Tensor) -> Iterator[None]:
+    """Inside, every DropPath draws its mask for ``rows`` rows (the whole batch) and keeps the rows ``index``
+    (the ones this process holds). Processes that each hold a share of one batch, with equal random states,
+    then drop exactly the samples one process holding the whole batch would drop."""
+    token = _SHARED_ROWS.set((int(rows), index))
+    try:
+        yield
+    finally:
+        _SHARED_ROWS.reset(token)
 
 
 class BiMambaBlock(nn.Module):

@@ -21,14 +21,39 @@ DEFAULT_KS = (5, 20, 40, 60, 80, 100)
 
 
 def relevance(query_labels: np.ndarray, db_labels: np.ndarray) -> np.ndarray:
-    """bool [Q, N]: query and database item share at least one label."""
+    """bool [Q, N]: query and database item share at least one label.
+
+    Labels are either class indices [N] (one class per video) or 0/1 matrices [N, C] (multi-hot). No dense
+    float copy is made: single labels compare class ids, multi-hot ones go through a sparse product.
+    """
     ql = np.asarray(query_labels)
     dl = np.asarray(db_labels)
-    single_q = _single_label(ql)
-    single_d = _single_label(dl)
+    single_q = ql if ql.ndim == 1 else _single_label(ql)
+    single_d = dl if dl.ndim == 1 else _single_label(dl)
     if single_q is not None and single_d is not None:  # one class each: compare class ids (much cheaper)
         return single_q[:, None] == single_d[None, :]
-    return (ql.astype(np.float32) @ dl.astype(np.float32).T) > 0
+    c = max(_n_classes(ql), _n_classes(dl))
+    return np.asarray((sparse_labels(ql, c) @ sparse_labels(dl, c).T).toarray() > 0)
+
+
+def _n_classes(labels: np.ndarray) -> int:
+    if labels.ndim == 2:
+        return int(labels.shape[1])
+    return int(labels.max(initial=-1)) + 1
+
+
+def sparse_labels(labels: np.ndarray, n_classes: int | None = None):  # noqa: ANN201 - scipy.sparse.csr_matrix
+    """CSR 0/1 matrix [N, C] of class indices [N] or of a multi-hot matrix [N, C] (nonzero = has the label)."""
+    from scipy import sparse
+
+    labels = np.asarray(labels)
+    if labels.ndim == 1:
+        n = labels.shape[0]
+        c = n_classes if n_classes is not None else _n_classes(labels)
+        return sparse.csr_matrix((np.ones(n, np.int32), (np.arange(n), labels.astype(np.int64))), shape=(n, c))
+    rows, cols = np.nonzero(labels)
+    c = max(labels.shape[1], n_classes or 0)
+    return sparse.csr_matrix((np.ones(rows.size, np.int32), (rows, cols)), shape=(labels.shape[0], c))
 
 
 def _single_label(labels: np.ndarray) -> np.ndarray | None:

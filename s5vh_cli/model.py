@@ -71,7 +71,7 @@ def _init_weights(module: nn.Module, cfg: ModelConfig) -> None:
 def _mamba_blocks(dim: int, depth: int, cfg: ModelConfig, drop_path: float, backend: str) -> nn.ModuleList:
     from .mamba import BiMambaBlock
 
-    rates = [float(r) for r in torch.linspace(0, drop_path, depth)]
+    rates = [float(r) for r in torch.linspace(0, drop_path, depth, device="cpu")]  # plain floats, also under meta
     return nn.ModuleList(
         BiMambaBlock(dim, d_state=cfg.d_state, d_conv=cfg.d_conv, expand=cfg.expand, drop_path=r,
                      tie_directions=cfg.tie_directions, backend=backend)
@@ -241,3 +241,46 @@ class S5VH(nn.Module):
     def n_parameters(self) -> int:
         return sum(p.numel() for p in {id(p): p for p in self.parameters()}.values())
 
+
+
+def check_weights_fit(cfg: ModelConfig, state_dict: dict) -> None:
+    """Refuse weights that do not fit ``cfg`` before the model is built (a config claiming d_model=1e6 or
+    depth=20000 must not allocate anything). Raises MismatchError naming the first difference.
+
+    The widths and depths are read off a few weights first; then the model is built on the meta device (no
+    memory) and every name, shape and dtype kind is compared.
+    """
+    import re
+
+    for k, v in state_dict.items():
+        if not isinstance(k, str) or not isinstance(v, Tensor):
+            raise MismatchError(f"weight {str(k)[:60]!r} is a {type(v).__name__}, not a tensor")
+        if not (v.is_floating_point() or v.dtype == torch.bool):
+            raise MismatchError(f"weight {k!r} has dtype {v.dtype}, expected floating point")
+
+    def shape(key: str) -> tuple[int, ...] | None:
+        t = state_dict.get(key)
+        return tuple(t.shape) if t is not None else None
+
+    expect = {"encoder.patch_embed.weight": (cfg.d_model, cfg.feature_dim), "binary.weight": (cfg.bits, cfg.d_model),
+              "decoder.head.weight": (cfg.feature_dim, cfg.dec_d_model),
+              "encoder_to_decoder.weight": (cfg.dec_d_model, cfg.bits)}
+    for key, want in expect.items():
+        if shape(key) != want:
+            raise MismatchError(f"weight {key} has shape {shape(key)} but the config needs {want}")
+    for part, depth in (("encoder", cfg.depth), ("decoder", cfg.dec_depth)):
+        blocks = {int(m.group(1)) for k in state_dict if (m := re.match(rf"{part}\.blocks\.(\d+)\.", k))}
+        if blocks != set(range(depth)):
+            raise MismatchError(f"the weights hold {len(blocks)} {part} block(s) but the config says {depth}")
+    with torch.device("meta"):
+        ref = S5VH(cfg).state_dict()
+    missing = [k for k in ref if k not in state_dict]
+    extra = [k for k in state_dict if k not in ref]
+    if missing or extra:
+        what = f"missing {missing[0]}" if missing else f"unexpected {extra[0]}"
+        raise MismatchError(f"the weights do not fit the config ({len(missing)} missing, {len(extra)} unexpected: "
+                            f"{what})")
+    for k, t in ref.items():
+        if tuple(state_dict[k].shape) != tuple(t.shape):
+            raise MismatchError(f"weight {k} has shape {tuple(state_dict[k].shape)} but the config needs "
+                                f"{tuple(t.shape)}")

@@ -137,7 +137,8 @@ def write_plots(results: dict[str, Any], codes: np.ndarray, labels: np.ndarray, 
     rows = np.sort(rng.choice(n, size=min(n, TSNE_MAX_POINTS), replace=False))
     if rows.size >= 5:
         y = embed_codes(codes[rows], seed=seed)
-        cls = np.asarray(labels)[rows].argmax(axis=1)
+        lab = np.asarray(labels)[rows]
+        cls = lab if lab.ndim == 1 else lab.argmax(axis=1)  # class indices, or the first label of each row
         fig, ax = plt.subplots(figsize=(6, 6))
         ax.scatter(y[:, 0], y[:, 1], c=cls, cmap="tab20", s=6)
         ax.set_xticks([])

@@ -25,12 +25,14 @@ from .artifacts import Centers, Features
 from .checkpoint import features_summary, keep_replaced_model, safe_torch_load, save_model, torch_save
 from .config import CentersConfig, ModelConfig, TrainConfig, to_dict
 from .device import describe_device, resolve_device
-from .errors import InputError, MismatchError
+from .engines.local import SingleProcess
+from .errors import ArtifactError, InputError, MismatchError
 from .losses import center_alignment_loss, dcl_loss, reconstruction_loss
 from .model import S5VH
 from .progress import NULL, Progress
 
 RUN_STATE_VERSION = 1
+LOCAL = SingleProcess()
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -93,7 +95,7 @@ def _in_process_centers(features: Features, model_cfg: ModelConfig, centers_cfg:
 
     ccfg = centers_cfg or CentersConfig(n_clusters=model_cfg.n_clusters)
     n = features.n
-    k = max(2, min(ccfg.n_clusters, n // 4))
+    k = centers_mod.default_clusters(n, ccfg.n_clusters)
     pca = max(1, min(ccfg.pca_dim, features.dim, n - 1))
     ccfg = dataclasses.replace(ccfg, n_clusters=k, pca_dim=pca, bits=[model_cfg.bits])
     progress.log(f"no centres file given: computing {k} clusters and {model_cfg.bits}-bit hash centres "
@@ -154,14 +156,16 @@ def _label_pred(model: S5VH, x: torch.Tensor, mode: str, tau_c: float) -> torch.
 
 
 def _step_losses(model: S5VH, x: torch.Tensor, masks: tuple[torch.Tensor, ...], targets: torch.Tensor,
-                 tcfg: TrainConfig) -> dict[str, torch.Tensor]:
+                 tcfg: TrainConfig, engine: Any = LOCAL) -> dict[str, torch.Tensor]:
     vis1, msk1, vis2, msk2 = (m.to(x.device) for m in masks)
     b = x.shape[0]
     # both views in one batched pass: every op is per sample, so this equals two separate passes
-    out = model(torch.cat([x, x], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
+    out = engine.forward(model, torch.cat([x, x], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
     rec = reconstruction_loss([out["recon"][:b], out["recon"][b:]],
                               [_gather_frames(x, msk1), _gather_frames(x, msk2)])
-    dcl = dcl_loss(out["mean_code"][:b], out["mean_code"][b:], tcfg.temperature, tcfg.tau_plus)
+    # the other videos of the whole batch are the negatives: with several ranks, their codes are gathered
+    dcl = dcl_loss(engine.gather(out["mean_code"][:b]), engine.gather(out["mean_code"][b:]), tcfg.temperature,
+                   tcfg.tau_plus)
     scale = 1.0 / (model.cfg.bits * tcfg.temperature_cluster)
     ca = center_alignment_loss([out["logits"][:b] * scale, out["logits"][b:] * scale], targets)
     total = rec + tcfg.alpha * dcl + tcfg.a_cluster * ca
@@ -186,9 +190,176 @@ def _validate(model: S5VH, feats: np.ndarray, idx: np.ndarray, labels: torch.Ten
     return totals / max(weights, 1)
 
 
+def _make_run_dir(rdir: Path, resume: bool) -> None:
+    if resume and not (rdir / "last.pt").exists():
+        raise InputError(f"{rdir / 'last.pt'}: nothing to resume (no checkpoint from an earlier run)")
+    try:
+        rdir.mkdir(exist_ok=True)
+    except OSError as e:
+        raise InputError(f"{rdir.parent}: cannot write here ({e.strerror or e})") from None
+
+
+def _read_state(last_path: Path, fingerprint: dict[str, Any], run_id: str | None = None) -> dict[str, Any] | None:
+    """The training state in ``last_path``, checked against this run's settings. With ``run_id`` (a restarted
+    torchrun job), only a state that job wrote, else None: the failed attempt may have died before its first."""
+    if not last_path.exists():
+        if run_id is not None:
+            return None
+        raise InputError(f"{last_path}: nothing to resume (no checkpoint from an earlier run)")
+    state = safe_torch_load(last_path, what="training checkpoint")
+    if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
+        raise InputError(f"{last_path}: not a training checkpoint")
+    if run_id is not None and state.get("run_id") != run_id:
+        return None
+    return state  # every part, the fingerprint first, is checked by _restore
+
+
 def _write_metrics(path: Path, rows: list[dict[str, Any]]) -> None:
     with artifacts.atomic_output(path) as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+
+
+def _damaged(path: Path, what: str) -> ArtifactError:
+    return ArtifactError(f"{path}: damaged training checkpoint ({what}); run without --resume to start over")
+
+
+def _restore(path: Path, state: Any, fingerprint: dict[str, Any], model: torch.nn.Module,
+             optimizer: torch.optim.Optimizer, scheduler: Any, gen: torch.Generator, dev: torch.device,
+             n_train: int, k: int, epochs: int) -> tuple[int, float, int, torch.Tensor]:
+    """Check every part of a ``last.pt`` before using it, then load it; returns (epoch, best loss, best epoch,
+    soft labels). A checkpoint of another run is a MismatchError; a damaged one an ArtifactError, both one line."""
+    if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
+        raise InputError(f"{path}: not a training checkpoint")
+    fp = state.get("fingerprint")
+    if not isinstance(fp, dict):
+        raise _damaged(path, "no fingerprint of its run")
+    for key, val in fingerprint.items():
+        if not _same(fp.get(key), val):
+            raise MismatchError(f"{path}: cannot resume: {key.replace('_', ' ')} differs from the "
+                                "checkpointed run (run without --resume to start over)")
+    for key in ("model", "optimizer", "scheduler", "soft_labels", "rng", "epoch", "best_loss", "best_epoch"):
+        if key not in state:
+            raise _damaged(path, f"no '{key}'")
+    epoch, best_loss, best_epoch = state["epoch"], state["best_loss"], state["best_epoch"]
+    if not _is_int(epoch) or not 0 <= epoch <= epochs:
+        raise _damaged(path, f"epoch {str(epoch)[:40]} is not a whole number of epochs between 0 and {epochs}")
+    if not _is_int(best_epoch) or not -1 <= best_epoch <= epoch:
+        raise _damaged(path, f"best_epoch {str(best_epoch)[:40]} is not an epoch up to {epoch}")
+    if isinstance(best_loss, bool) or not isinstance(best_loss, (int, float)) or math.isnan(best_loss):
+        raise _damaged(path, f"best_loss {str(best_loss)[:40]} is not a number")
+    soft = state["soft_labels"]
+    if not isinstance(soft, torch.Tensor) or soft.dtype != torch.float64 or tuple(soft.shape) != (n_train, k):
+        what = f"{soft.dtype} {tuple(soft.shape)}" if isinstance(soft, torch.Tensor) else type(soft).__name__
+        raise _damaged(path, f"soft labels are {what}, expected float64 ({n_train}, {k})")
+    if not torch.isfinite(soft).all() or (soft < 0).any():
+        raise _damaged(path, "soft labels hold negative, NaN or infinite values")
+    rng = state["rng"]
+    want = torch.get_rng_state()
+    if not isinstance(rng, dict) or any(
+            not isinstance(rng.get(key), torch.Tensor) or rng[key].dtype != want.dtype or rng[key].shape != want.shape
+            for key in ("torch", "generator")):
+        raise _damaged(path, "random-number state missing or of the wrong size")
+    _check_scheduler_state(path, state["scheduler"], scheduler.state_dict())
+    try:
+        model.load_state_dict(state["model"])
+    except Exception as e:  # wrong names, shapes, or not a state dict at all
+        raise _damaged(path, f"model weights: {_first_line(e)}") from None
+    try:
+        optimizer.load_state_dict(state["optimizer"])
+    except Exception as e:
+        raise _damaged(path, f"optimizer state: {_first_line(e)}") from None
+    _check_optimizer_state(path, optimizer)
+    scheduler.load_state_dict(state["scheduler"])
+    try:
+        _set_rng_state(rng, gen, dev)
+    except Exception as e:
+        raise _damaged(path, f"random-number state: {_first_line(e)}") from None
+    return epoch, float(best_loss), best_epoch, soft.clone()
+
+
+def _same(a: Any, b: Any) -> bool:
+    try:
+        return bool(a == b)
+    except Exception:  # tensors and other odd objects in a crafted fingerprint
+        return False
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:120] if text else type(e).__name__)
+
+
+def _check_scheduler_state(path: Path, saved: Any, fresh: dict[str, Any]) -> None:
+    """The scheduler's state is a plain dict copied into the scheduler: the same keys, of the same kinds."""
+    if not isinstance(saved, dict) or set(saved) != set(fresh):
+        raise _damaged(path, "scheduler state has other fields")
+    for key, ref in fresh.items():
+        val = saved[key]
+        if isinstance(ref, bool) or ref is None:
+            ok = type(val) is type(ref)
+        elif isinstance(ref, (int, float)):
+            ok = isinstance(val, (int, float)) and not isinstance(val, bool) and math.isfinite(val)
+            ok = ok and (not isinstance(ref, int) or isinstance(val, int))
+        elif isinstance(ref, list):
+            ok = isinstance(val, list) and len(val) == len(ref) and all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in val)
+        else:
+            ok = type(val) is type(ref)
+        if not ok:
+            raise _damaged(path, f"scheduler field {key!r} is {str(val)[:40]}")
+
+
+def _check_optimizer_state(path: Path, optimizer: torch.optim.Optimizer) -> None:
+    """After loading: hyper-parameters are finite numbers and every moment buffer has its parameter's shape."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "eps", "weight_decay"):
+            v = group.get(key)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+                raise _damaged(path, f"optimizer {key} is {str(v)[:40]}")
+        betas = group.get("betas")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2 or not all(
+                isinstance(b, (int, float)) and not isinstance(b, bool) and 0 <= b < 1 for b in betas):
+            raise _damaged(path, f"optimizer betas are {str(betas)[:40]}")
+        for key in ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused"):
+            if key in group and group[key] is not None and not isinstance(group[key], bool):
+                raise _damaged(path, f"optimizer {key} is {str(group[key])[:40]}")
+        for p in group["params"]:
+            st = optimizer.state.get(p, {})
+            if not isinstance(st, dict):
+                raise _damaged(path, "optimizer state of a parameter is not a mapping")
+            for key, v in st.items():
+                if key == "step":
+                    ok = isinstance(v, torch.Tensor) and v.numel() == 1 and bool(torch.isfinite(v).all()) and v >= 0
+                else:
+                    ok = isinstance(v, torch.Tensor) and v.shape == p.shape and v.is_floating_point()
+                if not ok:
+                    raise _damaged(path, f"optimizer {key!r} does not fit its parameter")
+
+
+def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
+    """The metrics rows of the epochs up to ``upto``; a line that is not a JSON object is a damaged run."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{path}: cannot read ({getattr(e, 'strerror', None) or _first_line(e)}); run "
+                            "without --resume to start over") from None
+    rows = []
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            row = None
+        if not isinstance(row, dict) or not _is_int(row.get("epoch")):
+            raise ArtifactError(f"{path}: line {i} is not a metrics record; run without --resume to start over")
+        if row["epoch"] <= upto:
+            rows.append(row)
+    return rows
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -199,8 +370,11 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
           ssm_backend: str = "auto", progress: Progress | None = None,
           centers_cfg: CentersConfig | None = None,
           on_epoch: Callable[[int, torch.nn.Module, dict], None] | None = None,
-          force: bool = False) -> dict[str, Any]:
+          force: bool = False, engine: Any = None) -> dict[str, Any]:
     """Train S5VH on ``features`` and write the model to ``out_path``; returns a summary dict.
+
+    ``engine`` is this process alone (the default) or one rank of a torchrun job (s5vh_cli.engines.ddp): the
+    ranks share each batch, take the same steps as one process with the whole batch, and rank 0 alone writes.
 
     ``on_epoch(epoch, model, row)``, if given, is called after each epoch's checkpoint is written (epoch
     1-based, ``row`` a copy of that epoch's metrics) under ``torch.no_grad``; the global RNG state and the
@@ -224,7 +398,9 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
+    engine = engine or LOCAL
     dev = device if isinstance(device, torch.device) else resolve_device(device)
+    dev = engine.start(dev)
     backend, backend_why = ("none", "transformer encoder: no selective scan")
     if model_cfg.encoder == "mamba":
         backend, backend_why = resolve_backend(ssm_backend, dev)
@@ -256,38 +432,25 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     val_labels = init_labels[torch.from_numpy(val_idx)].clone() if len(val_idx) else None
 
     rdir = run_dir(out_path)
-    if resume and not (rdir / "last.pt").exists():
-        raise InputError(f"{rdir / 'last.pt'}: nothing to resume (no checkpoint from an earlier run)")
-    try:
-        rdir.mkdir(exist_ok=True)
-    except OSError as e:
-        raise InputError(f"{rdir.parent}: cannot write here ({e.strerror or e})") from None
+    engine.on_writer(lambda: _make_run_dir(rdir, resume))
     # a second process training into the same output would overwrite this run's checkpoints
-    with artifacts.output_lock(rdir / "run", wait=False):
+    with artifacts.output_lock(rdir / "run", wait=False) if engine.is_writer else contextlib.nullcontext():
         last_path, best_path, metrics_path = rdir / "last.pt", rdir / "best.pt", rdir / "metrics.jsonl"
         fingerprint = {"model_config": to_dict(model_cfg), "train_config": to_dict(train_cfg),
                        "features_sha256": features.sha256, "centers_sha256": centers.sha256, "n_train": n_train}
         start_epoch, best_loss, best_epoch, rows = 0, math.inf, -1, []
+        state = None
         if resume:
-            if not last_path.exists():
-                raise InputError(f"{last_path}: nothing to resume (no checkpoint from an earlier run)")
-            state = safe_torch_load(last_path, what="training checkpoint")
-            if not isinstance(state, dict) or state.get("s5vh_artifact") != "train_state":
-                raise InputError(f"{last_path}: not a training checkpoint")
-            for key, val in fingerprint.items():
-                if state.get("fingerprint", {}).get(key) != val:
-                    raise MismatchError(f"{last_path}: cannot resume: {key.replace('_', ' ')} differs from the "
-                                        "checkpointed run (run without --resume to start over)")
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            soft_labels = state["soft_labels"]
-            _set_rng_state(state["rng"], gen, dev)
-            start_epoch, best_loss, best_epoch = state["epoch"], state["best_loss"], state["best_epoch"]
-            if metrics_path.exists():
-                rows = [json.loads(line) for line in metrics_path.read_text().splitlines() if line.strip()]
-                rows = [r for r in rows if r.get("epoch", 0) <= start_epoch]
+            state = engine.on_writer(lambda: _read_state(last_path, fingerprint))
+        elif engine.restarted:  # torchrun restarted this job after a failure: continue from its checkpoint
+            state = engine.on_writer(lambda: _read_state(last_path, fingerprint, run_id=engine.run_id))
+        if state is not None:
+            start_epoch, best_loss, best_epoch, soft_labels = _restore(
+                last_path, state, fingerprint, model, optimizer, scheduler, gen, dev, n_train, k, train_cfg.epochs)
+            if engine.is_writer and metrics_path.exists():
+                rows = _read_metrics(metrics_path, start_epoch)
             progress.log(f"resuming after epoch {start_epoch} of {train_cfg.epochs} from {last_path}")
+        engine.prepare(model)
 
         steps = math.ceil(n_train / train_cfg.batch_size)
         progress.log(f"training {model.n_parameters():,} parameters on {n_train} videos"
@@ -309,19 +472,23 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                     if len(pos) < 2:
                         progress.advance(1, epoch=epoch + 1)
                         continue  # one video has no negatives for the contrastive term
-                    x = _batch(feats, train_idx[pos], dev)
-                    masks = two_view_masks(len(pos), x.shape[1], train_cfg.mask_ratio, gen)
+                    mine = engine.rows(len(pos))  # this rank's share of the batch (all of it in one process)
+                    x = _batch(feats, train_idx[pos[mine]], dev)
+                    masks = tuple(m[mine] for m in two_view_masks(len(pos), x.shape[1], train_cfg.mask_ratio, gen))
                     pos_t = torch.from_numpy(pos)
                     if smoothing:
-                        p = _label_pred(model, x, train_cfg.label_pred, train_cfg.temperature_cluster).double().cpu()
+                        with engine.shared_draws(len(pos), views=1):
+                            p = _label_pred(model, x, train_cfg.label_pred, train_cfg.temperature_cluster)
+                        p = engine.gather(p).double().cpu()
                         soft_labels[pos_t] = (1 - train_cfg.smoothing_alpha) * soft_labels[pos_t] + \
                             train_cfg.smoothing_alpha * p
-                    targets = soft_labels[pos_t].to(dev)
-                    losses = _step_losses(model, x, masks, targets, train_cfg)
+                    targets = soft_labels[pos_t[mine]].to(dev)
+                    with engine.shared_draws(len(pos), views=2):
+                        losses = _step_losses(model, x, masks, targets, train_cfg, engine)
                     optimizer.zero_grad(set_to_none=True)
-                    losses["loss"].backward()
+                    engine.backward_loss(losses, len(x), len(pos), train_cfg).backward()
                     optimizer.step()
-                    vals = {k: float(v.detach()) for k, v in losses.items()}
+                    vals = engine.logged(losses, len(x), len(pos), train_cfg)
                     for kk, vv in vals.items():
                         sums[kk] += vv * len(pos)
                     seen += len(pos)
@@ -334,17 +501,20 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                     row["val_loss"] = _validate(model, feats, val_idx, val_labels, train_cfg, dev)
                     if row["val_loss"] < best_loss:
                         best_loss, best_epoch = row["val_loss"], epoch + 1
-                        with artifacts.atomic_output(best_path) as tmp:
-                            torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
+                        if engine.is_writer:
+                            with artifacts.atomic_output(best_path) as tmp:
+                                torch_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, tmp)
                 rows.append(row)
                 last_row = row
                 state = {"s5vh_artifact": "train_state", "version": RUN_STATE_VERSION, "epoch": epoch + 1,
                          "fingerprint": fingerprint, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "soft_labels": soft_labels,
-                         "rng": _rng_state(gen, dev), "best_loss": best_loss, "best_epoch": best_epoch}
-                with artifacts.atomic_output(last_path) as tmp:
-                    torch_save(state, tmp)
-                _write_metrics(metrics_path, rows)
+                         "rng": _rng_state(gen, dev), "best_loss": best_loss, "best_epoch": best_epoch,
+                         "run_id": engine.run_id}
+                if engine.is_writer:
+                    with artifacts.atomic_output(last_path) as tmp:
+                        torch_save(state, tmp)
+                    _write_metrics(metrics_path, rows)
                 if on_epoch is not None:
                     # an evaluation hook must not move the run: no autograd, RNG and train mode put back
                     with torch.no_grad(), torch.random.fork_rng(devices=[dev] if dev.type == "cuda" else []), \
@@ -356,17 +526,21 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
 
         selected = train_cfg.epochs
         if len(val_idx) and best_epoch > 0:
-            model.load_state_dict(safe_torch_load(best_path, what="training checkpoint"))
             selected = best_epoch
+            if engine.is_writer:
+                model.load_state_dict(safe_torch_load(best_path, what="training checkpoint"))
             progress.log(f"keeping the epoch-{best_epoch} weights (best validation loss {best_loss:.4f})")
         extra = {"epochs": train_cfg.epochs, "selected_epoch": selected, "ssm_backend": backend,
                  "device": str(dev), "n_train": n_train, "n_val": len(val_idx), "centers_sha256": centers.sha256,
-                 "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))}}
-        with keep_replaced_model(out_path) as kept:
-            save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
-        if kept:
-            progress.log(f"the model it replaced is kept as {kept}")
-        progress.log(f"model written to {out_path}")
+                 "final_metrics": {k: v for k, v in last_row.items() if isinstance(v, (int, float))},
+                 "processes": engine.world}
+        if engine.is_writer:
+            with keep_replaced_model(out_path) as kept:
+                save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+            if kept:
+                progress.log(f"the model it replaced is kept as {kept}")
+            progress.log(f"model written to {out_path}")
+        engine.barrier()  # every rank returns once the model is written
         return {"model": str(out_path), "run_dir": str(rdir), "metrics": str(metrics_path), "epochs": train_cfg.epochs,
                 "epochs_run": train_cfg.epochs - start_epoch, "selected_epoch": selected, "seconds": round(elapsed, 2),
                 "n_train": n_train, "n_val": int(len(val_idx)), "device": str(dev), "ssm_backend": backend,

@@ -6,11 +6,20 @@ Sampling rules (docs/extract.md has the full table):
 - ``fps=F``: one frame every 1/F seconds starting at t=0, ``index_k = floor(k * src_fps / F)``, at most T of
   them (the first T); a shorter video is padded to T by repeating its last sampled frame.
 
-Frames are reached by grabbing (decode without colour conversion) across short gaps and by seeking across
-long ones; a seek is verified against the decoder's own frame position and replaced by grabbing when it
-lands elsewhere. When the container overstates its frame count, decoding stops early, the real count is
-taken from the decoder and the indices are chosen again from it. No torch here: this module runs in the
-decode worker processes.
+Two decoders give the same frames, pixel for pixel:
+- ``pyav`` (the default when PyAV is installed): packets are read without decoding; a group of pictures (from one
+  keyframe to the next) that holds no wanted frame is never decoded, and inside the groups that are decoded,
+  pictures no other picture refers to (``skip_frame=NONREF``) are skipped unless they are wanted. Frame ``i`` is
+  the packet whose timestamp is ``i / fps`` (OpenCV's own rule for positions); the read is checked to be
+  exactly that (one packet per frame index, none missing or repeated, every wanted frame decoded), and any
+  file where it is not (variable frame rate, a stated length longer than the stream, damaged packets, a name
+  FFmpeg cannot open) is read again by the OpenCV path below, which handles those cases.
+- ``opencv``: frames are reached by grabbing (decode without colour conversion) across short gaps and by
+  seeking across long ones; a seek is verified against the decoder's own frame position and replaced by
+  grabbing when it lands elsewhere. When the container overstates its frame count, decoding stops early, the
+  real count is taken from the decoder and the indices are chosen again from it.
+Frame count and frame rate always come from OpenCV's reading of the container, so both decoders choose the
+same indices. No torch here: this module runs in the decode worker processes.
 """
 
 from __future__ import annotations
@@ -29,10 +38,32 @@ VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".avi", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts", ".mts",
     ".m2ts", ".ogv", ".vob", ".asf", ".divx", ".gif", ".y4m",
 })
+# Still images: FFmpeg opens them as one-frame "videos"; s5vh refuses them by content, and folders skip them.
+IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".pgm", ".pbm",
+                              ".heic", ".heif", ".avif", ".jp2", ".ico", ".exr", ".dpx"})
 # Quiet the decoder's own console messages about broken files: failures are reported once, by us.
 os.environ.setdefault("OPENCV_FFMPEG_LOGLEVEL", "-8")
 os.environ.setdefault("OPENCV_LOG_LEVEL", "ERROR")
 SEEK_GAP = 64  # frames: a longer gap between wanted frames is crossed by seeking, a shorter one by grabbing
+DECODERS = ("auto", "pyav", "opencv")
+DECODE_THREADS = 0  # PyAV decoder threads (0: FFmpeg's choice); decode worker processes set 1
+GOP_BUFFER_BYTES = 64 << 20  # packets held back while deciding whether a group of pictures is needed
+
+
+def check_decoder(name: str) -> str:
+    """The decoder that ``name`` means here ("pyav" or "opencv"); raises InputError for an unknown name or a
+    missing PyAV."""
+    if name not in DECODERS:
+        raise InputError(f"decoder must be one of {', '.join(DECODERS)}; got {name!r}")
+    if name == "opencv":
+        return name
+    import importlib.util
+
+    if importlib.util.find_spec("av") is None:
+        if name == "pyav":
+            raise InputError("decoder pyav needs PyAV: pip install av")
+        return "opencv"
+    return "pyav"
 
 
 @dataclass(frozen=True)
@@ -106,6 +137,27 @@ def _capture(cv2, path: str):
         return cv2.VideoCapture(link, cv2.CAP_FFMPEG)  # the file stays open after the link is gone
 
 
+def still_image_kind(path: str) -> str | None:
+    """The image format when the file's first bytes say it is a still image (PNG, JPEG, BMP, WebP, TIFF), else None."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return None
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "WebP"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head.startswith(b"BM") and len(head) >= 18 and int.from_bytes(head[14:18], "little") in (12, 40, 52, 56,
+                                                                                                  64, 108, 124):
+        return "BMP"
+    return None
+
+
 def _open(path: str):
     import cv2
 
@@ -117,6 +169,9 @@ def _open(path: str):
         raise VideoError(f"{path}: permission denied")
     if os.path.getsize(path) == 0:
         raise VideoError(f"{path}: empty file (0 bytes)")
+    image = still_image_kind(path)
+    if image is not None:  # FFmpeg would open it as a one-frame video repeated T times
+        raise VideoError(f"{path}: a still image ({image}), not a video; images are skipped (folders skip them too)")
     cap = _capture(cv2, path)
     if not cap.isOpened():
         cap.release()
@@ -187,17 +242,28 @@ def resize_crop(frame_bgr: np.ndarray, size: int, resize: int) -> np.ndarray:
 
 
 def read_frames(path: str, frames: int, sampling: Sampling | str = "uniform", *, size: int = 224,
-                resize: int = 256, seek_gap: int = SEEK_GAP) -> Clip:
-    """Decode the sampled frames of one video, resized and cropped to ``size``. Raises VideoError."""
+                resize: int = 256, seek_gap: int = SEEK_GAP, decoder: str = "auto") -> Clip:
+    """Decode the sampled frames of one video, resized and cropped to ``size``. Raises VideoError.
+
+    ``decoder``: "pyav", "opencv" or "auto" (PyAV when installed); both return the same frames.
+    """
     import cv2
 
     if isinstance(sampling, str):
         sampling = parse_sampling(sampling)
+    use_pyav = check_decoder(decoder) == "pyav"
     cap = _open(path)
     try:
         info = _info(cap, path)
         notes: list[str] = []
         n = info.frame_count
+        if use_pyav and n > 0:
+            idx, valid = sample_indices(n, frames, sampling, info.fps)
+            got = _pyav_frames(path, idx, info.fps, size, resize)
+            if got is not None:
+                images, times = got
+                return Clip(path=path, frames=images, indices=idx, times=times, frame_count=n, fps=info.fps,
+                            duration=info.duration, valid=valid, notes=notes, width=info.width, height=info.height)
         if n <= 0:  # unknown length (some streams): count by grabbing, then sample
             n = _count_frames(cap)
             notes.append(f"frame count unknown in the container; counted {n} by decoding")
@@ -327,3 +393,122 @@ def thumbnails(path: str, count: int = 4, width: int = 160, quality: int = 70) -
         return []
     finally:
         cap.release()
+# ----------------------------------------------------------------------------------------------------------
+# PyAV: decode only the groups of pictures that hold wanted frames, and in them only what is referenced
+# ----------------------------------------------------------------------------------------------------------
+class _NotExact(Exception):
+    """This file does not follow the one-packet-per-frame-index grid: let the OpenCV path read it."""
+
+
+def _pyav_frames(path: str, idx: np.ndarray, fps: float, size: int,
+                 resize: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """(images [T, size, size, 3] RGB, times [T]) of the frames ``idx``, or None when the file must be read
+    by the OpenCV path instead (see the module docstring)."""
+    import av
+
+    if fps <= 0:
+        return None
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    try:
+        with av.open(path, metadata_errors="ignore") as container:
+            if not container.streams.video:
+                return None
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"  # frame and slice threads
+            stream.thread_count = DECODE_THREADS
+            kept = _pyav_decode(container, stream, sorted(set(int(i) for i in idx)), fps, size, resize)
+    except Exception:  # noqa: BLE001 - anything odd in this file: the OpenCV path reads it (or says why not)
+        return None
+    images = np.stack([kept[int(i)][0] for i in idx])
+    times = np.array([kept[int(i)][1] for i in idx], dtype=np.float64)
+    return images, times
+
+
+def _pyav_decode(container, stream, wanted: list[int], fps: float, size: int,  # noqa: ANN001 - PyAV objects
+                 resize: int) -> dict[int, tuple[np.ndarray, float]]:
+    tb = float(stream.time_base)
+    start = stream.start_time if stream.start_time is not None else 0
+    want = set(wanted)
+    last = wanted[-1]
+    ctx = stream.codec_context
+    kept: dict[int, tuple[np.ndarray, float]] = {}
+    seen: set[int] = set()  # frame index of every packet read: must end up exactly 0..last
+
+    def index(pts: int | None) -> int:
+        if pts is None:
+            raise _NotExact
+        x = (pts - start) * tb * fps
+        i = round(x)
+        if abs(x - i) > 0.25:  # between two frame slots: not a constant-rate stream
+            raise _NotExact
+        return i
+
+    def decode(gop: list) -> None:  # noqa: ANN001 - PyAV packets
+        for pkt, i in gop:
+            # a picture nothing refers to is skipped unless it is wanted; FFmpeg reads skip_frame per packet
+            ctx.skip_frame = "DEFAULT" if i in want else "NONREF"
+            for fr in ctx.decode(pkt):
+                take(fr)
+
+    def take(fr) -> None:  # noqa: ANN001
+        i = index(fr.pts)
+        if i in want and i not in kept:
+            img = fr.to_ndarray(format="bgr24", interpolation="BICUBIC")  # OpenCV's conversion, same pixels
+            kept[i] = (resize_crop(img, size, resize), (fr.pts - start) * tb)
+
+    # groups of pictures: (packets, their indices); one is decided once the next one is read, because an
+    # open group's leading pictures (shown before its keyframe) refer to the group before it
+    pending: list[tuple[list, set[int], bool]] = []  # (packets with indices, indices, has leading pictures)
+    cur: list = []
+    cur_idx: set[int] = set()
+    cur_key = -1
+    leading = False
+    held = 0
+
+    def close_group(final: bool = False) -> None:
+        nonlocal cur, cur_idx, leading, held
+        if cur:
+            pending.append((cur, cur_idx, leading))
+        cur, cur_idx, leading = [], set(), False
+        while len(pending) >= (1 if final else 2):
+            g, gi, _ = pending.pop(0)
+            nxt_leading, nxt_i = (pending[0][2], pending[0][1]) if pending else (False, set())
+            if gi & want or (nxt_leading and nxt_i & want):
+                decode(g)
+        held = sum(sum(p.size for p, _ in g) for g, _, _ in pending)
+
+    for pkt in container.demux(stream):
+        if pkt.size == 0:  # the demuxer's end-of-stream marker
+            continue
+        i = index(pkt.pts)
+        if i in seen:
+            raise _NotExact
+        seen.add(i)
+        if pkt.is_keyframe:
+            close_group()
+            cur_key = i
+        elif i < cur_key:
+            leading = True
+        cur.append((pkt, i))
+        cur_idx.add(i)
+        held += pkt.size
+        if held > GOP_BUFFER_BYTES:  # one very long group: stop holding packets back, decode them
+            for g, _, _ in pending:
+                decode(g)
+            decode(cur)
+            pending.clear()
+            cur, cur_idx, held = [], set(), 0
+        if i > last + 64:  # far enough past the last wanted frame for any reordering
+            break
+    close_group(final=True)
+    ctx.skip_frame = "DEFAULT"
+    for fr in ctx.decode(None):  # frames still held by the decoder (reordering, threads)
+        take(fr)
+    if not seen or min(seen) != 0 or any(j not in seen for j in range(last + 1)):
+        raise _NotExact
+    if any(i not in kept for i in want):
+        raise _NotExact
+    return kept

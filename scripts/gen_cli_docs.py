@@ -195,6 +195,8 @@ EXAMPLES = [
     ("Groups of duplicates, with a report to review them in a browser.", "s5vh dedup index.bin --html report.html"),
     ("Move every duplicate but its keeper aside; and put them back.",
      "s5vh dedup index.bin --move-to dupes/ ; s5vh dedup --undo dupes/s5vh-moves-*.jsonl"),
+    ("Move the index's codes to a Milvus server (the same commands keep working on index.bin).",
+     "s5vh index migrate index.bin -o index.bin --backend milvus --uri http://127.0.0.1:19530 --collection library"),
 ]
 
 

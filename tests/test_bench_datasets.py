@@ -156,7 +156,9 @@ def cdset(tmp_path_factory):
     fake_clip(assets / "clips" / "carphone_pristine.mp4", 4.5, 10, 2)
     fake_clip(assets / "clips" / "carphone_distorted.mp4", 4.5, 10, 2)
     out = tmp_path_factory.mktemp("cd")
-    summary = cd.build(assets, out, encoder="opencv", max_side=64, workers=1)
+    # every copy kind for every segment; two long videos of one shot each (the clips are 7 and 4.5 s)
+    summary = cd.build(assets, out, encoder="opencv", max_side=64, workers=1, all_kinds=True, max_segments=3,
+                       long_videos=2, partial_per_long=8, long_size=(96, 54), excerpt_seconds=(1.0, 2.0))
     return out, summary
 
 
@@ -165,10 +167,12 @@ def test_copy_detection_builds_with_opencv_only(cdset):
     assert summary["encoder"] == "opencv"
     assert set(summary["sources"]) == {"tree", "carphone"}
     segs = summary["segments"]
-    assert summary["videos"]["database"] == segs
+    assert segs == 6 and summary["videos"]["database"] == segs
     carphone = len({r["segment"] for r in read_manifest(out) if r["source"] == "carphone"})
     assert summary["queries_per_transform"]["natural"] == carphone >= 1  # only carphone has a natural copy
-    assert summary["videos"]["query"] == segs * len(cd.TRANSFORMS) + carphone
+    per_segment = len(cd.TRANSFORMS) + len(cd.PAIRS) + 2  # + shake and refilm
+    assert summary["videos"]["query"] == segs * per_segment + carphone
+    assert summary["videos"]["long"] == 2 and summary["videos"]["partial"] == 16
     assert check_dataset(out) == summary["videos"]
 
 
@@ -194,26 +198,128 @@ def test_copy_detection_segments_and_transforms(cdset):
     out, _ = cdset
     rows = read_manifest(out)
     for r in rows:
-        n = int(r["end_frame"]) - int(r["start_frame"])
-        assert 20 <= n <= 50  # 2-5 s at 10 fps
+        if r["split"] in ("database", "query"):
+            n = int(r["end_frame"]) - int(r["start_frame"])
+            assert 10 <= n <= 15  # 1.0-1.5 s at 10 fps
         assert (out / r["path"]).stat().st_size > 0
     q = {r["transform"]: r for r in rows if r["split"] == "query" and r["segment"] == "tree_000"}
-    assert set(q) == set(cd.TRANSFORMS)
+    assert set(q) == set(cd.TRANSFORMS) | set(cd.PAIRS) | {"shake", "refilm"}
     d = next(r for r in rows if r["path"] == "database/tree_000.mp4")
+    db = _decode(out / d["path"])
     assert int(q["scale"]["width"]) < int(d["width"])
     assert int(q["lowq"]["width"]) == int(d["width"]) // 2 or int(q["lowq"]["width"]) == 16
     assert float(q["fps"]["fps"]) != float(d["fps"])
-    assert len(_decode(out / q["subclip"]["path"])) < len(_decode(out / d["path"]))
+    assert len(_decode(out / q["subclip"]["path"])) < len(db)
+    speed = json.loads(q["speed"]["params"])["speed"]
+    assert len(_decode(out / q["speed"]["path"])) == max(1, round(len(db) / speed))
     bright = _decode(out / q["photometric"]["path"]).mean()
-    assert abs(bright - _decode(out / d["path"]).mean()) > 5
+    assert abs(bright - db.mean()) > 5
+    mirrored = _decode(out / q["mirror"]["path"])
+    # the mirror copy matches the flipped source far better than the source itself (the texture scrolls)
+    assert np.abs(mirrored - db[:, :, ::-1]).mean() < 0.5 * np.abs(mirrored - db).mean()
+    assert _decode(out / q["blur"]["path"]).std(axis=(1, 2)).mean() < db.std(axis=(1, 2)).mean()
+    assert np.abs(_decode(out / q["text"]["path"]) - db).mean() > 5
+    for kind in ("shake", "refilm"):
+        assert (int(q[kind]["width"]), int(q[kind]["height"])) == (int(d["width"]), int(d["height"]))
+    # a pair applies both parts, and records the parameters of each
+    pair = json.loads(q["crop+lowq"]["params"])
+    assert set(pair) == {"crop", "lowq"} and int(q["crop+lowq"]["width"]) < int(d["width"]) // 2 + 2
 
 
-def test_cut_points_cover_2_to_5_seconds():
+def test_copy_kinds_rotate_evenly():
+    cfg = cd.BuildConfig()
+    counts: dict[str, int] = {}
+    for i in range(100):
+        kinds = cd.kinds_for_segment(i, cfg, has_natural=False)
+        assert len(kinds) == cfg.singles + cfg.pairs + 1 == len(set(kinds))
+        for k in kinds:
+            counts[k] = counts.get(k, 0) + 1
+    assert {counts[k] for k in cd.TRANSFORMS} == {50}
+    assert {counts[k] for k in cd.PAIRS} == {20}
+    assert counts["shake"] == counts["refilm"] == 50
+    assert "natural" in cd.kinds_for_segment(0, cfg, has_natural=True)
+    only = cd.BuildConfig(kinds=("crop", "natural"))
+    assert cd.kinds_for_segment(0, only, True) == ["crop", "natural"]
+
+
+def test_partial_copies_have_their_time_range(cdset):
+    out, _ = cdset
+    truth = cd.read_truth(out)
+    longs = json.loads((out / "long_videos.json").read_text())
+    assert len(truth) == 16 and {t["long_video"] for t in truth} == {f"{n}.mp4" for n in longs}
+    assert {t["transform"] for t in truth} == set(cd.PARTIAL_KINDS[:16])
+    for t in truth:
+        total = longs[t["long_video"][:-4]]["seconds"]
+        assert 0 <= t["start_s"] < t["end_s"] <= total + 1e-9
+        assert 0.9 <= t["end_s"] - t["start_s"] <= 2.1
+    # an untransformed excerpt is the long video's frames over exactly that range
+    t = next(t for t in truth if t["transform"] == "none")
+    long_frames = _decode(out / "long" / t["long_video"])
+    excerpt = _decode(out / "partial" / t["query"])
+    a = round(t["start_s"] * cd.LONG_FPS)
+    assert len(excerpt) == round((t["end_s"] - t["start_s"]) * cd.LONG_FPS)
+    assert np.abs(excerpt - long_frames[a:a + len(excerpt)]).mean() < 3
+    assert np.abs(excerpt - long_frames[a + 3:a + 3 + len(excerpt)]).mean() > 3  # and not another range
+    # the shots tile each long video, and partial labels name the long video of the truth
+    for info in longs.values():
+        assert info["shots"][0]["start_s"] == 0 and info["shots"][-1]["end_s"] == pytest.approx(info["seconds"])
+        assert all(a["end_s"] == b["start_s"] for a, b in zip(info["shots"], info["shots"][1:], strict=False))
+    pl, pids, attrs = read_labels(out / "labels" / "partial_video.h5")
+    names = json.loads(attrs["class_names"])
+    by_query = {t["query"]: t["long_video"] for t in truth}
+    assert [names[i] + ".mp4" for i in pl.argmax(axis=1)] == [by_query[q] for q in pids]
+
+
+def test_copy_detection_build_is_deterministic(cdset, tmp_path):
+    out, _ = cdset
+    assets = tmp_path / "assets"
+    (assets / "clips").mkdir(parents=True)
+    fake_clip(assets / "clips" / "tree.avi", 7, 10, 1)
+    kw = {"encoder": "opencv", "max_side": 64, "workers": 1, "max_segments": 2, "long_videos": 1,
+          "partial_per_long": 3, "long_size": (96, 54), "excerpt_seconds": (1.0, 2.0)}
+    cd.build(assets, tmp_path / "a", **kw)
+    cd.build(assets, tmp_path / "b", **kw)
+    assert (tmp_path / "a" / "manifest.csv").read_text() == (tmp_path / "b" / "manifest.csv").read_text()
+    assert (tmp_path / "a" / "partial_truth.csv").read_text() == (tmp_path / "b" / "partial_truth.csv").read_text()
+    cd.build(assets, tmp_path / "c", seed=1, **kw)
+    assert (tmp_path / "a" / "manifest.csv").read_text() != (tmp_path / "c" / "manifest.csv").read_text()
+
+
+def test_camera_path_recovers_hand_held_sway():
     rng = np.random.default_rng(0)
-    cuts = cd.cut_points(300, 25.0, rng)
+    base = (rng.random((90, 160, 3)) * 255).astype(np.uint8)
+    import cv2
+
+    base = cv2.GaussianBlur(base, (0, 0), 2)
+    sway = np.round(4 * np.sin(np.arange(60) / 3)).astype(int)  # pixels, a few frames per period
+    frames = [np.roll(base, s, axis=1) for s in sway]
+    path = cd.camera_path(frames, smooth=25)
+    assert path.shape == (60, 2)
+    got = path[:, 0] * 320  # fractions of the width, measured at 320 px wide (frames scaled x2)
+    want = (sway - np.convolve(np.pad(sway, (12, 12), mode="edge"), np.ones(25) / 25, "valid")) * 2
+    assert np.corrcoef(got[12:-12], want[12:-12])[0, 1] > 0.9
+    assert np.abs(path[:, 1]).max() < 0.01  # no vertical motion
+
+
+def test_cut_points_cover_the_asked_lengths():
+    rng = np.random.default_rng(0)
+    cuts = cd.cut_points(300, 25.0, rng, 2.0, 5.0)
     assert cuts[0][0] == 0 and all(a[1] == b[0] for a, b in zip(cuts, cuts[1:], strict=False))
     assert all(50 <= e - s <= 125 for s, e in cuts) and 300 - cuts[-1][1] < 50
-    assert cd.cut_points(30, 25.0, rng) == [(0, 30)]
+    assert cd.cut_points(30, 25.0, rng, 2.0, 5.0) == [(0, 30)]
+    assert all(25 <= e - s <= 38 for s, e in cd.cut_points(300, 25.0, rng))  # default 1.0-1.5 s
+
+
+def test_image_sequence_is_a_clip(tmp_path):
+    import cv2
+
+    seq = tmp_path / "seq"
+    seq.mkdir()
+    for i in range(5):
+        cv2.imwrite(str(seq / f"image{i:04d}.pgm"), np.full((30, 40), i * 40, np.uint8))
+    frames, fps = cd.read_clip(seq, 20, fps=12.5)
+    assert fps == 12.5 and len(frames) == 5 and frames[0].shape == (16, 20, 3)
+    assert [int(f.mean()) for f in frames] == [0, 40, 80, 120, 160]
 
 
 def test_copy_detection_errors(tmp_path):
@@ -223,7 +329,10 @@ def test_copy_detection_errors(tmp_path):
     with pytest.raises(InputError, match="unknown source"):
         cd.build(tmp_path, tmp_path / "o", encoder="opencv", sources=("nope",))
     with pytest.raises(InputError, match="unknown transform"):
-        cd.build(tmp_path, tmp_path / "o", encoder="opencv", transforms=("blur",))
+        cd.build(tmp_path, tmp_path / "o", encoder="opencv", transforms=("sepia",))
+    with pytest.raises(InputError, match="unknown transform 'sepia' in"):
+        cd.transform([np.zeros((16, 16, 3), np.uint8)], 10.0, "crop+sepia", np.random.default_rng(0), "opencv")
+    assert cd.main(["--out", str(tmp_path / "o"), "--segment-seconds", "x"]) == 2
 
 
 def test_manifest_is_csv_with_header(cdset):

@@ -106,14 +106,15 @@ def tiny_cd(tmp_path_factory):
     fake_clip(assets / "clips" / "carphone_pristine.mp4", 6, 10, 2, shift=3)
     fake_clip(assets / "clips" / "carphone_distorted.mp4", 6, 10, 2, shift=3)
     out = tmp_path_factory.mktemp("cd") / "data"
-    cd.build(assets, out, encoder="opencv", max_side=64, workers=1)
+    cd.build(assets, out, encoder="opencv", max_side=64, workers=1, max_segments=4, long_videos=2,
+             partial_per_long=4, long_size=(96, 54), excerpt_seconds=(1.0, 2.0))
     return out
 
 
 def test_copy_detection_run_fits_on_database_and_marks_itq_not_applicable(tiny_cd, tmp_path):
     work = tmp_path / "work"
     argv = ["--data", str(tiny_cd), "--workdir", str(work), "--tiny", "--threads", "1", "--in-process",
-            "--frames", "6", "--methods", "lsh,itq,s5vh_paper"]
+            "--frames", "6", "--methods", "lsh,itq,s5vh_paper,cosine", "--ks", "1,5"]
     assert run_benchmarks.main(argv) == 0
     doc = json.loads((work / "results.json").read_text())
     assert doc["config"]["train_split"] == "database"
@@ -123,15 +124,26 @@ def test_copy_detection_run_fits_on_database_and_marks_itq_not_applicable(tiny_c
     assert "ITQ needs at least 16 training videos" in doc["skipped"]["itq/16"]
     rows = {r["method"]: r for r in doc["rows"]}
     assert rows["itq"]["map"] == {} and rows["itq"]["skipped"]
-    for m in ("lsh", "s5vh_paper"):
+    for m in ("lsh", "s5vh_paper", "cosine"):
         for level in ("exact", "same_shot"):
             assert all(math.isfinite(v) for v in rows[m]["map"][level].values())
         # one relevant segment per query at `exact`: mAP@5 is at most 1/5 (AP normalised by K)
         assert rows[m]["map"]["exact"]["5"] <= 0.2 + 1e-9
+        # the copy scores: top-1 is mAP@1 at `exact`, with a standard error; the partial copies are ranked
+        seg = rows[m]["copy"]["segments"]
+        assert seg["top1"]["mean"] == rows[m]["map"]["exact"]["1"] and seg["top1"]["se"] >= 0
+        assert "shake" in seg["per_transform"] and "pair" in seg["per_family"]
+        assert rows[m]["copy"]["partial"]["n"] == 8 and rows[m]["copy"]["partial"]["time_range"] == "n/a"
+    # float cosine is one row without bits, training or encoding; the learnt model encodes every split
+    assert rows["cosine"]["bits"] is None and "fit/cosine/16" not in doc["steps"]
+    assert len(doc["steps"]["encode/s5vh_paper/16"]["commands"]) == 4
+    assert {"extract/long", "extract/partial"} <= set(doc["steps"])
     assert "--train " in doc["steps"]["fit/lsh/16"]["commands"][0]
     assert "/features/database.h5" in doc["steps"]["fit/lsh/16"]["commands"][0]
     table = (work / "results.md").read_text()
     assert "| n/a | n/a |" in table and "n/a: ITQ (mean features), 16 bits: ITQ needs" in table
+    assert "| float cosine (mean features, no bits) | - | " in table and "**Exact top-1 per copy kind**" in table
+    assert "| all natural |" in table
 
 
 def test_given_features_in_another_order_are_refused(tiny_cd, tmp_path, capsys):
@@ -158,6 +170,46 @@ def test_given_features_in_another_order_are_refused(tiny_cd, tmp_path, capsys):
     # the untouched files are accepted as they are, with no extract step
     (given / "query.h5").write_bytes((work / "features" / "query.h5").read_bytes())
     assert run_benchmarks.main(argv2) == 0
+    # without the partial-copy splits only the segment copies are scored
+    doc = json.loads((tmp_path / "w2" / "results.json").read_text())
+    assert "partial" not in doc["rows"][0]["copy"] and "extract/query" not in doc["steps"]
+
+
+def test_fit_only_then_full_run_reuses_the_training(tiny_cd, tmp_path, capsys):
+    import h5py
+    import numpy as np
+
+    work = tmp_path / "work"
+    base = ["--data", str(tiny_cd), "--tiny", "--threads", "1", "--in-process", "--frames", "4"]
+    assert run_benchmarks.main([*base, "--workdir", str(work), "--methods", "lsh"]) == 0
+    given = tmp_path / "given"
+    given.mkdir()
+    (given / "database.h5").write_bytes((work / "features" / "database.h5").read_bytes())
+    w2 = tmp_path / "w2"
+    argv = [*base, "--workdir", str(w2), "--features", str(given), "--methods", "lsh,s5vh_paper"]
+    assert run_benchmarks.main([*argv, "--fit-only"]) == 0  # only the database features exist yet
+    doc = json.loads((w2 / "results.json").read_text())
+    assert set(doc["steps"]) == {"centers", "fit/s5vh_paper/16"} and doc["evals"] == {}
+    # the other splits arrive, the queries as a sample (every other one): the training is reused
+    for split in ("long", "partial"):
+        (given / f"{split}.h5").write_bytes((work / "features" / f"{split}.h5").read_bytes())
+    from s5vh_cli.artifacts import read_features, write_features
+
+    q = read_features(work / "features" / "query.h5")
+    write_features(given / "query.h5", q.feats[::2], q.ids[::2], q.paths[::2], backbone=q.backbone,
+                   backbone_sha256=q.attrs["backbone_sha256"], sampling=q.sampling,
+                   meta={k: v[::2] for k, v in q.meta.items()},
+                   prov={k: q.attrs[k] for k in ("format_version", "producer", "created", "config", "inputs_sha256")})
+    capsys.readouterr()
+    assert run_benchmarks.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "fit/s5vh_paper/16: done before, reusing" in out
+    doc = json.loads((w2 / "results.json").read_text())
+    assert doc["query_sample"]["n"] == len(q.ids[::2]) < doc["query_sample"]["of"]
+    rows = {r["method"]: r for r in doc["rows"]}
+    assert rows["s5vh_paper"]["copy"]["segments"]["top1"]["n"] == len(q.ids[::2])
+    with h5py.File(w2 / "codes" / "s5vh_paper16_query.h5", "r") as f:
+        assert len(f["ids"]) == len(q.ids[::2]) and np.asarray(f["codes"]).shape[1] == 2
     doc = json.loads((tmp_path / "w2" / "results.json").read_text())
     assert not any(k.startswith("extract/") for k in doc["steps"])
 

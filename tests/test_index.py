@@ -1,3 +1,4 @@
+import itertools
 import json
 
 import faiss
@@ -39,6 +40,20 @@ def brute_topk(h, queries, k):
     return d, h.keys[rows]
 
 
+_collections = itertools.count()
+
+
+@pytest.fixture(params=["faiss", "milvus"])
+def backend(request):
+    """The same test against each backend: build_index keyword arguments (milvus: a fresh collection on the
+    run's private server, skipped where none can start)."""
+    if request.param == "faiss":
+        return {}
+    server = request.getfixturevalue("milvus")
+    return {"backend": "milvus",
+            "backend_options": {"uri": server.uri, "collection": f"test_index_{next(_collections)}"}}
+
+
 def test_build_reopen_is_plain_faiss(tmp_path):
     c = make_codes(tmp_path / "a.h5", 200)
     h = I.build_index(c, tmp_path / "i.bin")
@@ -64,10 +79,10 @@ def test_exact_search_equals_brute_force_with_ties(tmp_path, k):
         assert keys.tolist() == bk[i].tolist()
 
 
-def test_add_remove_keys_never_reused_and_search_stays_exact(tmp_path):
+def test_add_remove_keys_never_reused_and_search_stays_exact(tmp_path, backend):
     a = make_codes(tmp_path / "a.h5", 500, seed=1)
     b = make_codes(tmp_path / "b.h5", 100, seed=2, prefix="w")
-    I.build_index(a, tmp_path / "i.bin")
+    I.build_index(a, tmp_path / "i.bin", **backend)
     h, rep = I.add_codes(tmp_path / "i.bin", b)
     new = rep.added
     assert new.tolist() == list(range(500, 600))
@@ -77,8 +92,9 @@ def test_add_remove_keys_never_reused_and_search_stays_exact(tmp_path):
     new2 = rep2.added
     assert new2.tolist() == list(range(600, 605))  # 599 was removed but is not handed out again
     h = I.open_index(tmp_path / "i.bin")
-    assert h.n == 601 and h.next_key == 605
-    assert faiss.read_index_binary(str(tmp_path / "i.bin")).ntotal == 601
+    assert h.n == 601 and h.next_key == 605 and h.backend.ntotal == 601
+    if not backend:
+        assert faiss.read_index_binary(str(tmp_path / "i.bin")).ntotal == 601
     q = np.random.default_rng(9).integers(0, 256, size=(25, 2), dtype=np.uint8)
     bd, bk = brute_topk(h, q, 30)
     for i, (d, keys) in enumerate(I.search(h, q, 30)):
@@ -87,16 +103,18 @@ def test_add_remove_keys_never_reused_and_search_stays_exact(tmp_path):
     assert h.ids[row[600]] == "x0" and 599 not in row
 
 
-def test_remove_unknown_names_removes_nothing(tmp_path):
-    I.build_index(make_codes(tmp_path / "a.h5", 50), tmp_path / "i.bin")
-    before = (tmp_path / "i.bin").read_bytes()
+def test_remove_unknown_names_removes_nothing(tmp_path, backend):
+    I.build_index(make_codes(tmp_path / "a.h5", 50), tmp_path / "i.bin", **backend)
+    before = (tmp_path / "i.bin").read_bytes(), (tmp_path / "i.bin.meta.h5").read_bytes()
     with pytest.raises(InputError, match="not in the index: id 'nope'"):
         I.remove(tmp_path / "i.bin", ids=["v1", "nope"])
-    assert (tmp_path / "i.bin").read_bytes() == before
+    assert ((tmp_path / "i.bin").read_bytes(), (tmp_path / "i.bin.meta.h5").read_bytes()) == before
+    h = I.open_index(tmp_path / "i.bin")
+    assert h.backend.ntotal == 50 and not h.repaired
 
 
-def test_mismatched_bits_and_models(tmp_path):
-    I.build_index(make_codes(tmp_path / "a.h5", 50), tmp_path / "i.bin")
+def test_mismatched_bits_and_models(tmp_path, backend):
+    I.build_index(make_codes(tmp_path / "a.h5", 50), tmp_path / "i.bin", **backend)
     with pytest.raises(MismatchError, match="32 bits"):
         I.add_codes(tmp_path / "i.bin", make_codes(tmp_path / "b.h5", 5, bits=32))
     with pytest.raises(MismatchError, match="model"):
@@ -104,7 +122,7 @@ def test_mismatched_bits_and_models(tmp_path):
     with pytest.raises(MismatchError, match="backbone"):
         I.add_codes(tmp_path / "i.bin", make_codes(tmp_path / "d.h5", 5, backbone="vgg16"))
     h, rep = I.add_codes(tmp_path / "i.bin", artifacts.read_codes(tmp_path / "a.h5"))  # the same codes again
-    assert rep.skipped == 50 and rep.added.size == 0 and h.n == 50
+    assert rep.skipped == 50 and rep.added.size == 0 and h.n == 50 and h.backend.ntotal == 50
 
 
 def test_cli_mismatch_is_one_line_exit_2(tmp_path, capsys):
@@ -129,21 +147,27 @@ def test_out_of_sync_pair_is_refused(tmp_path):
         I.open_index(tmp_path / "j.bin")
 
 
-def test_range_search_is_inclusive_and_sorted(tmp_path):
+def test_range_search_is_inclusive_and_sorted(tmp_path, backend):
     c = make_codes(tmp_path / "a.h5", 2000)
-    h = I.build_index(c, tmp_path / "i.bin")
+    h = I.build_index(c, tmp_path / "i.bin", **backend)
     q = c.codes[:10]
     full = hamming(q, c.codes)
-    for fam in ("BFlat", "BHNSW16"):
-        hh = I.build_index(c, tmp_path / f"{fam}.bin", fam, params=I.IndexParams(ef_search=4000))
-        for i, (d, keys) in enumerate(I.range_search(hh, q, 3)):
-            expected = [j for j in sorted(range(2000), key=lambda j: (full[i, j], j)) if full[i, j] <= 3]
-            if fam == "BFlat":
-                assert keys.tolist() == expected
-            else:  # approximate: a sorted subset within the radius
-                assert set(keys.tolist()) <= set(expected) and (np.diff(d) >= 0).all() and (d <= 3).all()
+    for i, (d, keys) in enumerate(I.range_search(h, q, 3)):
+        assert keys.tolist() == [j for j in sorted(range(2000), key=lambda j: (full[i, j], j)) if full[i, j] <= 3]
+        assert d.tolist() == full[i][keys].tolist()
     ex = I.range_search(h, q, 0, exclude=[{i} for i in range(10)])
     assert all(i not in keys.tolist() for i, (_, keys) in enumerate(ex))
+
+
+def test_range_search_on_hnsw_grows_knn(tmp_path):
+    c = make_codes(tmp_path / "a.h5", 2000)
+    q = c.codes[:10]
+    full = hamming(q, c.codes)
+    hh = I.build_index(c, tmp_path / "h.bin", "BHNSW16", params=I.IndexParams(ef_search=4000))
+    for i, (d, keys) in enumerate(I.range_search(hh, q, 3)):
+        expected = [j for j in sorted(range(2000), key=lambda j: (full[i, j], j)) if full[i, j] <= 3]
+        # approximate: a sorted subset within the radius
+        assert set(keys.tolist()) <= set(expected) and (np.diff(d) >= 0).all() and (d <= 3).all()
 
 
 @pytest.mark.parametrize("kind,params", [
@@ -203,3 +227,66 @@ def test_bad_type_names(name):
 def test_ivf_needs_enough_codes(tmp_path):
     with pytest.raises(InputError, match="nlist"):
         I.build_index(make_codes(tmp_path / "a.h5", 10), tmp_path / "i.bin", "BIVF64")
+
+
+@pytest.mark.parametrize("edit", ["rolled_keys", "swapped_codes", "next_key_low", "params_text", "params_list",
+                                  "nflip_huge", "type_other", "sources_object", "bits_text", "keys_float"])
+def test_ill_typed_or_inconsistent_metadata_is_refused(tmp_path, edit):
+    """Metadata that still names the right index file (its sha256 is intact) but lies about it."""
+    import h5py
+
+    c = make_codes(tmp_path / "a.h5", 40, bits=32)
+    kind = "BHash2x16" if edit == "nflip_huge" else "BFlat"
+    I.build_index(c, tmp_path / "i.bin", kind)
+    meta = tmp_path / "i.bin.meta.h5"
+    with h5py.File(meta, "r+") as f:
+        def put(key, data):
+            del f[key]
+            f[key] = data
+        if edit == "rolled_keys":
+            put("keys", np.roll(f["keys"][()], 1))
+        elif edit == "swapped_codes":
+            put("codes", f["codes"][()][::-1])
+        elif edit == "next_key_low":
+            f.attrs["next_key"] = 5
+        elif edit == "params_text":
+            f.attrs["params"] = json.dumps({"nprobe": "8"})
+        elif edit == "params_list":
+            f.attrs["params"] = json.dumps([1, 2])
+        elif edit == "nflip_huge":
+            f.attrs["params"] = json.dumps({"nflip": 17})
+        elif edit == "type_other":
+            f.attrs["index_type"] = "BHNSW32"
+        elif edit == "sources_object":
+            f.attrs["sources"] = json.dumps({"a": 1})
+        elif edit == "bits_text":
+            f.attrs["bits"] = "32"
+        elif edit == "keys_float":
+            put("keys", f["keys"][()].astype(np.float64))
+    with pytest.raises(ArtifactError):
+        I.open_index(tmp_path / "i.bin")
+
+
+@pytest.mark.parametrize("opt,value,kind", [("nprobe", 0, "BIVF4"), ("nprobe", -1, "BIVF4"), ("nprobe", 5, "BIVF4"),
+                                            ("nflip", -1, "BHash2x16"), ("nflip", 17, "BHash2x16"),
+                                            ("ef_search", 2_000_000_000, "BHNSW16"), ("ef_search", 0, "BHNSW16")])
+def test_search_options_out_of_range_are_one_line_errors(tmp_path, capsys, opt, value, kind):
+    c = make_codes(tmp_path / "a.h5", 300, bits=32)
+    I.build_index(c, tmp_path / "i.bin", kind)
+    flag = "--" + opt.replace("_", "-")
+    for args in (["query", tmp_path / "i.bin", tmp_path / "a.h5", flag, value],
+                 ["index", tmp_path / "a.h5", "-o", tmp_path / "j.bin", "--type", kind, flag, value]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and flag in err and "internal error" not in err, err
+    assert not (tmp_path / "j.bin").exists()
+
+
+def test_radius_and_check_queries_out_of_range(tmp_path, capsys, backend):
+    c = make_codes(tmp_path / "a.h5", 30, bits=32)
+    I.build_index(c, tmp_path / "i.bin", **backend)
+    for args in (["query", tmp_path / "i.bin", tmp_path / "a.h5", "--radius", "10000000000"],
+                 ["query", tmp_path / "i.bin", tmp_path / "a.h5", "--radius", "33"],
+                 ["index", "info", tmp_path / "i.bin", "--check", "--queries", "-1"],
+                 ["index", "info", tmp_path / "i.bin", "--check", "-k", "0"]):
+        rc, _, err = cli(args, capsys)
+        assert rc == 2 and "internal error" not in err and err.count("\n") == 1, err

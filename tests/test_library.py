@@ -302,3 +302,39 @@ def test_dedup_of_a_folder_indexes_it_then_syncs(work, capsys, tmp_path, monkeyp
     (work / "videos" / "twin.mp4").unlink()
     rc, out, err = cli(capsys, "dedup", work / "videos", "--radius", 0, "--json")  # synced: twin is gone
     assert json.loads(out)["videos"] == 12
+
+
+def test_progress_without_a_terminal_is_plain_lines(lib, tmp_path):
+    """stderr to a log file: no bar and no control codes, but a plain progress line every few seconds."""
+    import subprocess
+    import sys
+
+    log = tmp_path / "extract.log"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "S5VH_PROGRESS_SECONDS": "0"}
+    with open(log, "w") as f:
+        p = subprocess.run([sys.executable, "-m", "s5vh_cli", "extract", str(lib / "videos"), "-o",
+                            str(tmp_path / "f.h5"), "--frames", "4", "--workers", "0", "--batch-size", "4"],
+                           stdout=subprocess.DEVNULL, stderr=f, env=env, timeout=600)
+    text = log.read_text()
+    assert p.returncode == 0, text
+    lines = [ln for ln in text.splitlines() if ln.startswith("extract: ")]
+    assert len(lines) >= 3 and "/12" in lines[0] and "\x1b" not in text and "\r" not in text
+
+
+def test_other_files_given_as_an_index_say_what_they_are(lib, capsys):
+    for name, kind in (("codes.h5", "codes"), ("feats.h5", "features"), ("model.pt", "model")):
+        rc, _, err = cli(capsys, "query", lib / name, lib / "codes.h5")
+        assert rc == 2 and f"is a {kind}" in err and "not an index" in err, err
+
+
+def test_auto_radius_finds_nothing_in_a_library_without_copies(tmp_path):
+    """Unrelated codes have one mode of nearest-neighbour distances, which Otsu's split alone would cut in
+    two; the shuffled-bits bound keeps the automatic radius below where unrelated videos meet."""
+    r = np.random.default_rng(5)
+    n = 3000
+    c = artifacts.Codes(path=None, codes=r.integers(0, 256, size=(n, 8), dtype=np.uint8),
+                        ids=[f"v{i}" for i in range(n)], paths=[f"/v{i}" for i in range(n)], bits=64,
+                        model_sha256="m" * 64)
+    artifacts.write_codes(tmp_path / "c.h5", c, artifacts.provenance("encode"))
+    res = api.dedup(api.build(tmp_path / "c.h5", tmp_path / "i.bin"))
+    assert res.radius_rule["otsu_split"] > res.radius and res.groups == []

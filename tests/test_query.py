@@ -67,7 +67,7 @@ def corpus(tmp_path, monkeypatch):
                                         "frames": T, "feature_dim": F}, "model_config": {"bits": BITS}}
 
     def fake_extract_clips(paths, *, backbone, frames, sampling, weights=None, device="auto", batch_size=32,
-                           progress=None):
+                           runtime="auto", precision="auto", progress=None):
         assert (backbone, frames, sampling) == ("resnet50", T, "uniform")
         idx = [int(str(p).rsplit("v", 1)[1].split(".")[0]) for p in paths]
         return feats[idx], [{"path": str(p), "backbone_sha256": "bb"} for p in paths]

@@ -47,11 +47,16 @@ def assert_one_line_error(rc: int, err: str, *names: str) -> str:
     return errors[0]
 
 
+def is_lock(p: Path) -> bool:
+    """Writers' lock files (``.NAME.lock``, empty, kept on purpose: see artifacts.output_lock)."""
+    return p.name.startswith(".") and p.name.endswith(".lock") and p.stat().st_size == 0
+
+
 def snapshot(folder: Path) -> dict[str, str]:
-    """relative path -> sha256 of every file under ``folder`` (hidden temporaries included)."""
+    """relative path -> sha256 of every file under ``folder`` (hidden temporaries included, lock files not)."""
     out = {}
     for p in sorted(folder.rglob("*")):
-        if p.is_file():
+        if p.is_file() and not is_lock(p):
             out[str(p.relative_to(folder))] = hashlib.sha256(p.read_bytes()).hexdigest()
     return out
 
@@ -179,7 +184,7 @@ def test_damaged_features_file(pipe, tmp_path, capsys, stage, fault):
     if fault in _IGNORED.get(stage, ()) and rc == 0:
         return
     assert_one_line_error(rc, err, path.name)
-    leftovers = [p for p in out.rglob("*") if p.is_file()]
+    leftovers = [p for p in out.rglob("*") if p.is_file() and not is_lock(p)]
     assert leftovers == [], leftovers
 
 
@@ -409,7 +414,7 @@ def test_extract_only_bad_videos_fails_cleanly(pipe, tmp_path, capsys):
                                                                                        "garbage.avi"}
         return
     assert_one_line_error(rc, err, "no video could be extracted")
-    assert list(out.iterdir()) == []
+    assert [p for p in out.iterdir() if not is_lock(p)] == []
 
 
 def test_extract_mixed_folder_records_failures(pipe, tmp_path, capsys):
@@ -723,7 +728,7 @@ def test_stored_paths_never_choose_where_outputs_go(pipe, work, capsys, tmp_path
         assert "Traceback" not in err and "internal error" not in err, err
     assert victim.read_text() == "keep me"
     assert sorted(p.name for p in outside.iterdir()) == ["victim.txt"]
-    assert {p.name for p in out.iterdir()} <= {"codes.h5", "index.bin", "index.bin.meta.h5"}
+    assert {p.name for p in out.iterdir() if not is_lock(p)} <= {"codes.h5", "index.bin", "index.bin.meta.h5"}
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -734,7 +739,7 @@ def test_locked_output_fails_clearly_or_waits(work, capsys):
     once with one line (extract, train: long runs)."""
     import fcntl
 
-    lock = work / "busy.h5.lock"
+    lock = artifacts.lock_path(work / "busy.h5")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     released = threading.Event()
@@ -755,7 +760,7 @@ def test_locked_output_fails_clearly_or_waits(work, capsys):
         t.join()
     assert artifacts.read_codes(work / "busy.h5").n == 12
 
-    fd = os.open(work / "f.h5.lock", os.O_RDWR | os.O_CREAT)
+    fd = os.open(artifacts.lock_path(work / "f.h5"), os.O_RDWR | os.O_CREAT)
     fcntl.flock(fd, fcntl.LOCK_EX)
     try:
         rc, _, err = cli(capsys, "extract", work / "nothing", "-o", work / "f.h5", "-q")

@@ -242,12 +242,13 @@ def test_cuda_matches_mamba_ssm_and_cpu(seqlen):
 
 @pytest.mark.parametrize(
     "command,given,expected",
-    [("encode", None, "PASSIVE"), ("train", None, "PASSIVE"), ("encode", "ACTIVE", "ACTIVE"), ("extract", None, None)],
+    [("encode", None, "PASSIVE"), ("train", None, "PASSIVE"), ("encode", "ACTIVE", "ACTIVE"),
+     ("extract", None, "PASSIVE"), ("extract", "ACTIVE", "ACTIVE")],
 )
 def test_openmp_wait_policy_passive_for_scan_commands(command, given, expected, tmp_path):
     """train and encode set OMP_WAIT_POLICY=PASSIVE before torch loads (spinning OpenMP workers starve the scan
-    kernels' threads); extract keeps OpenMP's default (passive waiting slows the CNN backbones); a value the
-    user set is kept."""
+    kernels' threads); so does extract (torch's spinning pool collapses on shared cores, docs/extract.md); a
+    value the user set is kept."""
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
@@ -257,8 +258,8 @@ def test_openmp_wait_policy_passive_for_scan_commands(command, given, expected, 
         (tmp_path / name).write_text("not an artifact\n")
     args = [str(tmp_path / "model.pt")] if command == "encode" else []
     args.append(str(tmp_path / "feats.h5"))
-    if command == "encode":
-        args += ["-o", str(tmp_path / "codes.h5")]
+    if command in ("encode", "extract"):
+        args += ["-o", str(tmp_path / "out.h5")]
     code = (
         "import os, sys\n"
         "from s5vh_cli.cli import main\n"

@@ -82,3 +82,38 @@ def device(name: str) -> None:
 def ssm_backend(name: str) -> None:
     if (name or "auto").strip().lower() not in ("auto", "reference", "torch", "cpu", "cuda"):
         raise InputError(f"unknown selective-scan backend {name!r}; choose auto, reference, torch, cpu, cuda")
+
+
+# The names the core accepts, repeated here so that checking them imports nothing heavy (tests/test_startup.py
+# checks they equal the core's: runtimes.RUNTIMES/PRECISIONS, video.DECODERS, engines.ENGINES, backends.BACKENDS).
+RUNTIMES = ("auto", "torch", "onnxruntime", "openvino")
+PRECISIONS = ("auto", "float32", "bfloat16", "float16")
+PRECISION_ALIASES = ("f32", "fp32", "bf16", "f16", "fp16")
+DECODERS = ("auto", "pyav", "opencv")
+ENGINES = ("local", "ray")
+BACKENDS = ("faiss", "milvus")
+
+
+def runtime(name: str) -> None:
+    if (name or "auto").strip().lower() not in RUNTIMES:
+        raise InputError(f"runtime must be {', '.join(RUNTIMES)}; got {name!r}")
+
+
+def precision(name: str) -> None:
+    if (name or "auto").strip().lower() not in PRECISIONS + PRECISION_ALIASES:
+        raise InputError(f"precision must be {', '.join(PRECISIONS)}; got {name!r}")
+
+
+def decoder(name: str) -> None:
+    if name not in DECODERS:
+        raise InputError(f"decoder must be one of {', '.join(DECODERS)}; got {name!r}")
+
+
+def engine(name: str) -> None:
+    if name not in ENGINES:
+        raise InputError(f"unknown engine {name!r}; choose from {', '.join(ENGINES)}")
+
+
+def backend(name: str) -> None:
+    if name not in BACKENDS:
+        raise InputError(f"unknown index backend {name!r}; choose one of {', '.join(sorted(BACKENDS))}")

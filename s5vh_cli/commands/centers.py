@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json
 
 _STAT_COLUMNS = (
     ("bits", "bits"), ("d_max", "need d"), ("min_hamming", "min d"), ("mean_hamming", "mean d"),
@@ -33,7 +33,8 @@ def register(app: typer.Typer) -> None:
         feats: Path = typer.Argument(..., help="Features file from `s5vh extract` (or a public feats .h5)."),
         out: Path = typer.Option(..., "-o", "--out", help="Centres file to write (HDF5)."),
         clusters: int = typer.Option(None, "--clusters", "-k", help="Number of clusters K (2..videos) "
-                                     "[default: from the preset]."),
+                                     "[default: the preset's K (100), at most a quarter of the videos, as `s5vh "
+                                     "train` does without --centers]."),
         bits: str = typer.Option(None, "--bits", help="Code lengths, comma-separated multiples of 8 "
                                  "[default: from the preset, 64]."),
         pca_dim: int = typer.Option(None, "--pca-dim", help="PCA dimensions before k-means [default: preset]."),
@@ -53,12 +54,12 @@ def register(app: typer.Typer) -> None:
         from . import _check
 
         _, _, cfg = preset(preset_name)
-        cfg = replace(cfg, n_clusters=clusters, pca_dim=pca_dim, seed=seed,
+        cfg = replace(cfg, pca_dim=pca_dim, seed=seed,
                       bits=_parse_bits(bits) if bits is not None else None)
         _check.existing_file(feats, "a features file from `s5vh extract`")
         _check.output_file(out)
         from .. import artifacts
-        from ..centers import compute_centers
+        from ..centers import compute_centers, default_clusters
 
         if out.exists() and feats.exists() and out.resolve() == feats.resolve():
             raise InputError(f"{out}: the output would overwrite the input features file")
@@ -71,6 +72,14 @@ def register(app: typer.Typer) -> None:
             if ds.dtype.kind != "f":
                 raise ArtifactError(f"{feats}: 'feats' has dtype {ds.dtype}, expected floating point")
             sink.log(f"{feats}: {ds.shape[0]} videos x {ds.shape[1]} frames x {ds.shape[2]} dims")
+            if clusters is None:
+                k = default_clusters(ds.shape[0], cfg.n_clusters)
+                if k != cfg.n_clusters:
+                    sink.log(f"no --clusters given: {k} clusters (the preset's {cfg.n_clusters}, at most a quarter "
+                             f"of the {ds.shape[0]} videos)")
+                cfg = replace(cfg, n_clusters=k)
+            else:
+                cfg = replace(cfg, n_clusters=clusters)
             result = compute_centers(ds, cfg, progress=sink, features_sha256=sha)
         sink.finish()
         artifacts.write_centers(out, result, artifacts.provenance("centers", to_dict(cfg), {"features": sha}))
@@ -79,11 +88,10 @@ def register(app: typer.Typer) -> None:
             print_json({"out": str(out), "videos": int(result.pseudo_labels.shape[0]),
                         "clusters": result.n_clusters, "config": to_dict(cfg), "stats": rows})
             return
-        from rich.markup import escape
         from rich.table import Table
 
         first = rows[0]
-        t = Table(title=escape(f"{out}: {result.n_clusters} clusters over {first['videos']} videos "
+        t = Table(title=markup_safe(f"{out}: {result.n_clusters} clusters over {first['videos']} videos "
                         f"(PCA {first['pca_dim']} dims, {first['empty_clusters']} empty clusters)"))
         for _, head in _STAT_COLUMNS:
             t.add_column(head, justify="right")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import console, err_console
+from ._common import console, err_console, markup_safe
 
 
 def register(app: typer.Typer) -> None:
@@ -35,7 +35,8 @@ def register(app: typer.Typer) -> None:
 
         t_all = time.perf_counter()
         out.mkdir(parents=True, exist_ok=True)
-        console.print(f"[bold]1/7[/bold] demo corpus: {len(CLASSES)} classes x {per_class} clips in {out / 'videos'}")
+        console.print(f"[bold]1/7[/bold] demo corpus: {len(CLASSES)} classes x {per_class} clips in "
+                      f"{markup_safe(out / 'videos')}")
         made = make_corpus(out, per_class=per_class, progress=RichProgressSink())
         # a yellow_star clip: its coarse-noise background is unique per clip, so the copy has one true source
         copy_src = made["videos"][CLASSES.index("yellow_star") * per_class + min(3, per_class - 1)]
@@ -53,11 +54,11 @@ def register(app: typer.Typer) -> None:
         query_args = ["query", str(out / "index.bin"), *map(str, made["queries"]), str(copy_path), "--topk", str(topk)]
         timings = {}
         for i, args in enumerate(steps, start=2):
-            console.print(f"\n[bold]{i}/7[/bold] $ s5vh {' '.join(shlex.quote(a) for a in args)}")
+            console.print(f"\n[bold]{i}/7[/bold] $ s5vh {markup_safe(' '.join(shlex.quote(a) for a in args))}")
             t0 = time.perf_counter()
             _run(args)
             timings[args[0]] = time.perf_counter() - t0
-        console.print(f"\n[bold]7/7[/bold] $ s5vh {' '.join(shlex.quote(a) for a in query_args)}")
+        console.print(f"\n[bold]7/7[/bold] $ s5vh {markup_safe(' '.join(shlex.quote(a) for a in query_args))}")
         t0 = time.perf_counter()
         _run(query_args)
         timings["query"] = time.perf_counter() - t0

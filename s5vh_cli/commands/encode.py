@@ -22,6 +22,11 @@ def encode_command(
     ssm_backend: str = typer.Option("auto", "--ssm-backend", help="Selective scan: auto, torch, cpu, cuda, "
                                     "reference."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
+    engine: str = typer.Option("local", "--engine", help="local: this process; ray: a Ray Data pipeline on a "
+                               "Ray cluster (needs s5vh[distributed]; docs/scale-out.md)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: auto (the cluster "
+                                           "this machine belongs to) or ray://HOST:PORT (Ray Client) "
+                                           "[default: start Ray on this machine for this run]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Encode every video of FEATURES into a packed binary code (bit = sign of the mean frame code, ties -> 1)."""
@@ -37,6 +42,10 @@ def encode_command(
 
     prefer_passive_openmp()
     from ..encode import encode_file
+    from ..engines import get_engine
+
+    if engine != "ray" and ray_address is not None:
+        raise typer.BadParameter("needs --engine ray", param_hint="--ray-address")
 
     if threads is not None:
         import torch
@@ -44,4 +53,4 @@ def encode_command(
         torch.set_num_threads(threads)
     sink = RichProgressSink(quiet=quiet)
     encode_file(model, features, output, batch_size=batch_size, device=device, ssm_backend=ssm_backend,
-                        progress=sink)
+                progress=sink, engine=get_engine(engine, ray_address=ray_address))

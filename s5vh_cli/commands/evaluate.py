@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, markup_safe, print_json, printable
 
 
 def _parse_ks(text: str) -> tuple[int, ...]:
@@ -77,8 +77,8 @@ def register(app: typer.Typer) -> None:
             return
         from rich.table import Table
 
-        t = Table(title=f"{res['protocol']}: {res['n_query']} queries x {res['n_database']} database, "
-                        f"{res['bits']} bits" + (", self included" if res["self_included"] else ""))
+        t = Table(title=markup_safe(f"{res['protocol']}: {res['n_query']} queries x {res['n_database']} database, "
+                                    f"{res['bits']} bits" + (", self included" if res["self_included"] else "")))
         t.add_column("K", justify="right")
         for col in ("mAP@K (SSVH)", "precision@K", "recall@K"):
             t.add_column(col, justify="right")
@@ -91,6 +91,8 @@ def register(app: typer.Typer) -> None:
             console.print(f"mAP (full ranking): {res['map']:.4f}")
         if res["queries_without_relevant"]:
             console.print(f"{res['queries_without_relevant']} queries have no relevant database item (AP = 0)")
+        for note in res.get("notes", []):
+            console.print(f"note: {printable(note)}", highlight=False, markup=False)
         console.print(f"ties: {res['tie_rule']}; {res['seconds']:.1f} s")
         for p in res.get("plots", []):
-            console.print(f"wrote {p}", markup=False, highlight=False)
+            console.print(f"wrote {printable(p)}", markup=False, highlight=False)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json
+from ._common import RichProgressSink, console, print_json, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -33,7 +33,20 @@ def extract_command(
     dtype: str = typer.Option("float32", "--dtype", help="Stored feature type: float32 or float16."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any video fails (the output is still "
                                 "written with the others)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads for torch inference."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference [default: all cores]."),
+    runtime: str = typer.Option("auto", "--runtime", help="Backbone runtime: auto (the fastest installed, measured "
+                                "once per machine; torch on a GPU), torch, onnxruntime or openvino (extras "
+                                "s5vh[onnxruntime], s5vh[openvino])."),
+    precision: str = typer.Option("auto", "--precision", help="Compute precision: auto (float32 on CPU, float16 "
+                                  "on GPU), float32, bfloat16 (faster on CPUs with bf16, other features) or "
+                                  "float16 (GPU)."),
+    decoder: str = typer.Option("auto", "--decoder", help="Video decoder: auto (PyAV when installed), pyav or "
+                                "opencv; both give the same frames."),
+    engine: str = typer.Option("local", "--engine", help="local: this machine (decode worker processes); ray: "
+                               "a Ray Data pipeline on a Ray cluster (needs s5vh[distributed]; docs/scale-out.md)."),
+    ray_address: str | None = typer.Option(None, "--ray-address", help="With --engine ray: auto (the cluster "
+                                           "this machine belongs to) or ray://HOST:PORT (Ray Client) "
+                                           "[default: start Ray on this machine for this run]."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
 ) -> None:
@@ -42,6 +55,9 @@ def extract_command(
     Rerunning on the same OUTPUT skips videos already done; an interrupted run resumes from OUTPUT.partial.
     Unreadable, corrupt or non-video files are reported, recorded in the output and skipped: the exit code is
     non-zero only when nothing could be extracted, or with --strict."""
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()  # before torch loads: torch's spinning OpenMP pool collapses on shared cores
     from ..config import ExtractConfig
     from ..errors import InputError
     from . import _check
@@ -58,29 +74,38 @@ def extract_command(
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
     if dtype not in ("float32", "float16"):
         raise InputError(f"--dtype must be float32 or float16, got {dtype!r}")
+    if engine != "local" and workers is not None:
+        raise typer.BadParameter("sets the local engine's decode processes; Ray schedules its own tasks",
+                                 param_hint="--workers")
+    if engine != "ray" and ray_address is not None:
+        raise typer.BadParameter("needs --engine ray", param_hint="--ray-address")
+    _check.engine(engine)
+    _check.runtime(runtime)
+    _check.precision(precision)
+    _check.decoder(decoder)
     _check.inputs(inputs)
     _check.output_file(output)
     _check.existing_file(weights, "a backbone weights file")
     _check.device(device)
+    from ..engines import get_engine
     from ..errors import VideoError
     from ..extract import extract
 
     cfg = ExtractConfig(backbone=backbone, frames=frames, sampling="uniform" if fps is None else f"fps={fps:g}",
-                        batch_size=batch_size, dtype=dtype)
+                        batch_size=batch_size, dtype=dtype, runtime=runtime, precision=precision, decoder=decoder)
     sink = RichProgressSink(quiet=quiet)
     result = extract(inputs, output, config=cfg, weights=None if weights is None else str(weights), device=device,
-                     workers=workers, threads=threads, progress=sink)
+                     threads=threads, progress=sink,
+                     engine=get_engine(engine, workers=workers, ray_address=ray_address))
     if as_json:
         print_json(result.as_dict())
     elif not quiet:
-        from ..artifacts import display_path
-
-        console.print(f"{result.out}: {result.videos} video(s) x {frames} frames; {result.extracted} extracted "
+        console.print(printable(f"{result.out}: {result.videos} video(s) x {frames} frames; {result.extracted} extracted "
                       f"now, {result.skipped} already done, {len(result.failed)} failed; "
                       f"{result.frames_per_s:.1f} frames/s, {result.videos_per_s:.2f} videos/s "
-                      f"({result.seconds:.1f} s on {result.device})", highlight=False, markup=False)
+                      f"({result.seconds:.1f} s; {result.runtime})"), highlight=False, markup=False)
         for p, reason in result.failed:
-            console.print(f"  failed: {display_path(p)}: {reason}", highlight=False, markup=False)
+            console.print(f"  failed: {printable(p)}: {printable(reason)}", highlight=False, markup=False)
     if strict and result.failed:
         raise VideoError(f"{len(result.failed)} video(s) failed (--strict); {result.out} holds the other "
                          f"{result.videos}")

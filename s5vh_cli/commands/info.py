@@ -24,10 +24,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="Device to report on: auto, cpu, cuda, cuda:N."),
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
-        """Show versions, the device and selective-scan backend that would be used, and the GPU extra's state."""
+        """Show versions, the device and selective-scan backend that would be used, and the extras' state."""
         import torch
 
-        from .. import __version__, ssm
+        from .. import __version__, runtimes, ssm
         from ..device import describe_device, resolve_device
 
         dev = resolve_device(device)
@@ -48,14 +48,19 @@ def register(app: typer.Typer) -> None:
             "ssm_backend_reason": reason,
             "ssm_backends": ssm.available_backends(),
             "gpu_extra": {"mamba-ssm": _version("mamba-ssm"), "causal-conv1d": _version("causal-conv1d")},
+            "backbone_runtimes": {r: (torch.__version__ if r == "torch" else _version(r)) if runtimes.installed(r)
+                                  else f"not installed (pip install 's5vh[{r}]')" for r in runtimes.RUNTIMES},
+            "graph_cache": str(runtimes.cache_dir()),
+            "distributed_extra": {"ray": _version("ray")},
             "packages": {d: _version(d) for d in ("numpy", "scipy", "h5py", "faiss-cpu", "opencv-python-headless",
-                                                   "numba", "typer", "rich")},
+                                                   "numba", "typer", "rich", "av")},
         }
         if as_json:
             print_json(data)
             return
-        from rich.markup import escape
         from rich.table import Table
+
+        from ._common import markup_safe as escape
 
         t = Table(show_header=False, box=None)
         for k in ("s5vh", "python", "platform", "torch", "torch_cuda", "cuda_available", "device", "threads"):
@@ -65,6 +70,10 @@ def register(app: typer.Typer) -> None:
             t.add_row(f"  {name}", escape(status))
         extra = data["gpu_extra"]
         t.add_row(escape("GPU extra [cuda]"), ", ".join(f"{k} {v or 'not installed'}" for k, v in extra.items()))
+        t.add_row("backbone runtimes", escape(", ".join(f"{k} {v}" for k, v in data["backbone_runtimes"].items())))
+        t.add_row("graph cache", escape(data["graph_cache"]))
+        t.add_row(escape("distributed extra [distributed]"),
+                  ", ".join(f"{k} {v or 'not installed'}" for k, v in data["distributed_extra"].items()))
         for k, v in data["packages"].items():
             t.add_row(k, v or "not installed")
         console.print(t)

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console, print_json, show_path, video_label
+from ._common import RichProgressSink, console, markup_safe, print_json, show_path, video_label
 
 
 def register(app: typer.Typer) -> None:
@@ -32,6 +30,10 @@ def register(app: typer.Typer) -> None:
         device: str = typer.Option("auto", help="Device for clip and feature inputs: auto, cpu, cuda, cuda:N."),
         ssm_backend: str = typer.Option("auto", help="Selective-scan backend: auto, cpu, torch, reference, cuda."),
         batch_size: int = typer.Option(32, help="Frames per backbone batch / videos per encode batch."),
+        runtime: str = typer.Option("auto", help="Backbone runtime for clip inputs: auto, torch, onnxruntime, "
+                                    "openvino (as `s5vh extract --runtime`)."),
+        precision: str = typer.Option("auto", help="Backbone precision for clip inputs: auto, float32, bfloat16, "
+                                      "float16; use the one the indexed features were extracted with."),
         nprobe: int | None = typer.Option(None, help="BIVF indexes: inverted lists probed per query."),
         ef_search: int | None = typer.Option(None, help="BHNSW indexes: search candidate-list size."),
         nflip: int | None = typer.Option(None, help="BHash indexes: bit flips probed per table."),
@@ -41,6 +43,9 @@ def register(app: typer.Typer) -> None:
         Exit code: 0 when every query found at least one result, 1 when some query found none (e.g. nothing
         within --radius; its "status" is "none" in JSON), 2 on error.
         """
+        from ..runtime import prefer_passive_openmp
+
+        prefer_passive_openmp()  # before torch loads (the backbone and the encoder, as in extract and encode)
         from ..errors import InputError
         from . import _check
 
@@ -57,21 +62,23 @@ def register(app: typer.Typer) -> None:
         _check.existing_file(weights, "a backbone weights file")
         _check.device(device)
         _check.ssm_backend(ssm_backend)
+        _check.runtime(runtime)
+        _check.precision(precision)
         from ..api import IndexParams, query
 
         k = topk if topk is not None else (None if radius is not None else 20)
         machine = as_json or as_jsonl
         out = query(index, inputs, topk=k or 0, radius=radius, exclude_self=exclude_self,
                     model_path=str(model) if model else None, device=device, ssm_backend=ssm_backend,
-                    batch_size=batch_size, weights=str(weights) if weights else None,
+                    batch_size=batch_size, weights=str(weights) if weights else None, runtime=runtime,
+                    precision=precision,
                     params=IndexParams(nprobe=nprobe, ef_search=ef_search, nflip=nflip),
                     progress=RichProgressSink(quiet=machine))
         if as_json:
             print_json(out.to_json())
         elif as_jsonl:
             for rec in out.to_records():
-                sys.stdout.write(json.dumps(rec, ensure_ascii=False) + "\n")
-            sys.stdout.flush()
+                print_json(rec)
         else:
             _table(out)
         if out.queries_without_results:
@@ -92,7 +99,7 @@ def _table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
     console.print(f"{show_path(str(out.index.path))}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}",
                   highlight=False, markup=False)
     for rec in out.to_records():
-        t = Table(title=f"query: {show_path(rec['query'])}", title_justify="left", box=box.SIMPLE_HEAD,
+        t = Table(title=f"query: {markup_safe(show_path(rec['query']))}", title_justify="left", box=box.SIMPLE_HEAD,
                   width=min(console.width, 80), pad_edge=False)
         t.add_column("rank", justify="right", no_wrap=True)
         t.add_column("dist", justify="right", no_wrap=True)

@@ -37,6 +37,10 @@ def serve_command(
     device: str = typer.Option("auto", help="Device for clip and feature queries: auto, cpu, cuda, cuda:N."),
     ssm_backend: str = typer.Option("auto", help="Selective-scan backend: auto, cpu, torch, reference, cuda."),
     batch_size: int = typer.Option(32, help="Frames per backbone batch."),
+    runtime: str = typer.Option("auto", help="Backbone runtime for clip queries: auto, torch, onnxruntime, "
+                                "openvino (as `s5vh extract --runtime`)."),
+    precision: str = typer.Option("auto", help="Backbone precision for clip queries: auto, float32, bfloat16, "
+                                  "float16; use the one the indexed features were extracted with."),
     warm: bool = typer.Option(True, "--warm/--no-warm", help="Load the model and backbone and run one clip "
                               "through them before listening, so the first query is as fast as the rest."),
     access_log: bool = typer.Option(False, "--access-log", help="Log every request on stderr."),
@@ -70,6 +74,10 @@ def serve_command(
     _check.existing_index(index)
     _check.existing_file(model, "a model file from `s5vh train`")
     _check.existing_file(weights, "a backbone weights file")
+    _check.device(device)
+    _check.ssm_backend(ssm_backend)
+    _check.runtime(runtime)
+    _check.precision(precision)
     for r in roots:
         _check.existing_dir(r, "folder (--root)")
     if not is_loopback(host) and not token:
@@ -87,7 +95,7 @@ def serve_command(
 
     state = ServerState(index, cfg, model_path=str(model) if model else None, device=device,
                         ssm_backend=ssm_backend, batch_size=batch_size, weights=str(weights) if weights else None,
-                        progress=RichProgressSink(quiet=True))
+                        runtime=runtime, precision=precision, progress=RichProgressSink(quiet=True))
     h = state.searcher.index
     if warm:
         _warm_up(state)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from ._common import RichProgressSink, console
+from ._common import RichProgressSink, console, printable
 
 
 def register(app: typer.Typer) -> None:
@@ -14,6 +14,7 @@ def register(app: typer.Typer) -> None:
 
 
 def train_command(
+    ctx: typer.Context,
     features: Path = typer.Argument(..., help="Features file from `s5vh extract` (or a public file with 'feats')."),
     centers: Path | None = typer.Option(None, "--centers", help="Centres file from `s5vh centers`; computed "
                                         "in-process when omitted."),
@@ -51,21 +52,39 @@ def train_command(
     label_pred: str | None = typer.Option(None, "--label-pred", help="Pseudo-label prediction: paper or released."),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT model; the old one is kept "
                                "beside it as OUTPUT.<sha256 prefix>.kept, so indexes built with it still query."),
+    nproc: int | None = typer.Option(None, "--nproc", help="Train on this many processes of this machine "
+                                     "(torchrun, DistributedDataParallel; each takes batch-size/N videos a step). "
+                                     "Under torchrun itself, leave it out."),
+    max_restarts: int = typer.Option(0, "--max-restarts", help="With --nproc: restart the job this many times "
+                                     "after a process dies; it continues from its last checkpoint."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Train S5VH (self-local-global: masked reconstruction, contrast between two masked views, alignment with
-    hash centres). Writes OUTPUT, plus OUTPUT.run/ with last.pt (for --resume) and metrics.jsonl."""
+    hash centres). Writes OUTPUT, plus OUTPUT.run/ with last.pt (for --resume) and metrics.jsonl.
+
+    Several processes: --nproc N here, or `torchrun --nproc-per-node N -m s5vh_cli train ...` on one or many
+    machines (docs/scale-out.md); rank 0 writes."""
     from .. import config
     from . import _check
 
     # every argument and path is checked before torch is imported (that alone takes seconds)
     if threads is not None and threads < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--threads")
+    _check.at_least(nproc, 1, "--nproc")
+    _check.at_least(max_restarts, 0, "--max-restarts")
     _check.existing_file(features, "a features file from `s5vh extract`")
     _check.existing_file(centers, "a centres file from `s5vh centers`")
     _check.output_file(output)
     _check.device(device)
     _check.ssm_backend(ssm_backend)
+    if nproc is not None:
+        from ..engines.ddp import launch, under_torchrun
+
+        if under_torchrun():
+            raise typer.BadParameter("this process is already a torchrun rank", param_hint="--nproc")
+        code = launch(nproc, _argv(ctx, drop=("nproc", "max_restarts")),
+                      max_restarts=max_restarts)
+        raise typer.Exit(code)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
     model_cfg = config.replace(model_cfg, bits=bits, encoder=encoder, tie_directions=tie_directions,
                                decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
@@ -84,21 +103,43 @@ def train_command(
 
     from .. import artifacts
     from ..device import resolve_device
+    from ..engines.ddp import train_engine
     from ..train import train
 
     if threads is not None:
         torch.set_num_threads(threads)
     dev = resolve_device(device)
+    engine = train_engine()
+    quiet = quiet or not engine.is_writer  # one rank speaks
     sink = RichProgressSink(quiet=quiet)
     # read and validate every input before printing anything, so bad input is exactly one line
     feats = artifacts.read_features(features)
     cents = artifacts.read_centers(centers) if centers is not None else None
     sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
     sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
-    summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev, ssm_backend=ssm_backend,
-                    progress=sink, centers_cfg=centers_cfg, force=force)
+    try:
+        summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev,
+                        ssm_backend=ssm_backend, progress=sink, centers_cfg=centers_cfg, force=force, engine=engine)
+    finally:
+        engine.close()
     last = summary["last"]
     if not quiet:
-        console.print(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
-                      f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
-                      f"metrics: {summary['metrics']}", highlight=False, markup=False)
+        console.print(printable(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
+                                f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "
+                                f"metrics: {summary['metrics']}"), highlight=False, markup=False)
+
+
+def _argv(ctx: typer.Context, drop: tuple[str, ...]) -> list[str]:
+    """The command line of this invocation, rebuilt from its parsed values, without the options in ``drop``."""
+    args = [ctx.info_name or "train"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if param.name in drop or value is None or value == param.default:
+            continue
+        if param.param_type_name == "argument":
+            args += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        elif isinstance(value, bool) and (param.is_flag or param.secondary_opts):
+            args.append(param.opts[0] if value else param.secondary_opts[0])
+        else:
+            args += [param.opts[0], str(value)]
+    return args

@@ -5,9 +5,13 @@ Groups are the connected components of the graph whose edges join entries within
 resolution, then the highest bitrate, then the longest, then the oldest file, then the lowest key.
 
 Without ``radius`` the threshold is chosen from the library's own distances (``auto_radius``): every entry's
-distance to its nearest other entry splits into a low mode (copies) and a high mode (videos with no copy); the
-threshold is the split between them that best separates the two (Otsu's criterion on the histogram), never
-above a quarter of the code length. docs/dedup.md gives its measured precision and recall.
+distance to its nearest other entry splits into a low mode (copies) and a high mode (videos with no copy), and
+the split that best separates the two (Otsu's criterion on the histogram) is one bound. A library with no
+copies has no low mode, so a second bound keeps chance meetings out: the same codes with each bit shuffled
+independently across the videos form a library of unrelated videos with the same bit statistics, and the radius
+stays below the smallest nearest-neighbour distance in it. The smaller of the two, and never more than a
+quarter of the code length. docs/dedup.md gives its measured
+precision and recall.
 """
 
 from __future__ import annotations
@@ -22,7 +26,8 @@ from .. import artifacts
 from ..codes import hamming
 from ..errors import InputError
 from ..progress import NULL, Progress
-from .index import HammingIndex, range_search, search
+from .backends import IndexParams
+from .index import HammingIndex, range_search
 
 BATCH = 4096  # queries per all-against-all search call
 
@@ -95,17 +100,20 @@ class DedupResult:
 # the threshold
 # ----------------------------------------------------------------------------------------------------------
 def nearest_distances(h: HammingIndex, progress: Progress = NULL) -> np.ndarray:
-    """Each entry's Hamming distance to its nearest other entry (bits + 1 when the index has one entry)."""
+    """Each entry's Hamming distance to its nearest other entry (bits + 1 when the index has one entry).
+
+    A 2-NN search per entry: the entry itself is one of the two at distance 0, so the other distance is its
+    nearest neighbour's (0 when it has an exact twin). Only distances are needed, so ties do not matter."""
     out = np.full(h.n, h.bits + 1, dtype=np.int64)
+    if h.n < 2:
+        return out
     progress.start("nearest neighbours", total=h.n)
     try:
         for s in range(0, h.n, BATCH):
-            rows = np.arange(s, min(h.n, s + BATCH))
-            res = search(h, h.codes[rows], 1, exclude=[{int(h.keys[r])} for r in rows])
-            for r, (d, _) in zip(rows.tolist(), res, strict=True):
-                if d.size:
-                    out[r] = int(d[0])
-            progress.advance(rows.size)
+            q = np.ascontiguousarray(h.codes[s:s + BATCH])
+            d, k = h.backend.search(q, 2, key_below=h.next_key)
+            out[s:s + q.shape[0]] = np.where(k[:, 1] >= 0, d[:, 1], h.bits + 1)
+            progress.advance(q.shape[0])
     finally:
         progress.finish()
     return out
@@ -133,19 +141,53 @@ def otsu_split(values: np.ndarray, top: int) -> int:
     return best_t
 
 
+def chance_radius(h: HammingIndex, sample: int = 200_000, seed: int = 0,
+                  progress: Progress = NULL) -> tuple[int, dict[str, Any]]:
+    """One radius below which unrelated videos of this library would not meet: the nearest-neighbour distances
+    of a null library, made by shuffling each bit of the codes independently across the videos (every bit keeps
+    how often it is set, but which videos share it becomes chance), minus one. A library of up to ``sample``
+    videos is shuffled whole; a larger one is subsampled to ``sample`` videos."""
+    from ..codes import pack, unpack
+    from .backends.base import Entries
+    from .backends.faiss import FaissBackend
+
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(h.n, size=sample, replace=False) if h.n > sample else np.arange(h.n)
+    bits = unpack(h.codes[rows], signed=False)
+    for col in range(bits.shape[1]):
+        bits[:, col] = rng.permutation(bits[:, col])
+    null = pack(bits)
+    keys = np.arange(null.shape[0], dtype=np.int64)
+    # an in-memory exact scan of the null library, whatever backend holds the real one
+    be = FaissBackend.build("BFlat", h.bits, Entries(keys, null, [], []), IndexParams(), {}, {}, None, NULL)
+    nn = np.empty(null.shape[0], dtype=np.int64)
+    progress.start("null library", total=null.shape[0])
+    try:
+        for s in range(0, null.shape[0], BATCH):
+            d, _ = be.search(null[s:s + BATCH], 2)
+            nn[s:s + d.shape[0]] = d[:, 1]
+            progress.advance(d.shape[0])
+    finally:
+        progress.finish()
+    r = int(nn.min()) - 1
+    return max(0, r), {"null_videos": int(null.shape[0]), "null_nearest_min": int(nn.min()),
+                       "null_nearest_median": float(np.median(nn))}
+
+
 def auto_radius(h: HammingIndex, nn: np.ndarray | None = None, progress: Progress = NULL) -> tuple[int, dict[str, Any]]:
-    """A radius from the library's own nearest-neighbour distances (see the module docstring)."""
-    nn = nearest_distances(h, progress) if nn is None else nn
+    """A radius from the library's own distances (see the module docstring)."""
     cap = h.bits // 4
-    far = nn[nn <= h.bits]
-    if far.size == 0:
+    if h.n < 2:
         return 0, {"rule": "auto", "reason": "one entry: nothing to compare", "cap": cap}
-    t = otsu_split(far, h.bits)
-    r = int(min(t, cap))
-    hist = np.bincount(far, minlength=h.bits + 1)
-    return r, {"rule": "auto", "otsu_split": int(t), "cap": cap, "radius": r,
-               "nearest_distance_histogram": hist.tolist(),
-               "explain": "Otsu split of each video's distance to its nearest other video, at most bits/4"}
+    nn = nearest_distances(h, progress) if nn is None else nn
+    t = otsu_split(nn, h.bits)
+    chance, null = chance_radius(h, progress=progress)
+    r = int(max(0, min(t, chance, cap)))
+    return r, {"rule": "auto", "radius": r, "otsu_split": int(t), "chance_radius": chance, "cap": cap, **null,
+               "nearest_distance_histogram": np.bincount(np.minimum(nn, h.bits + 1), minlength=h.bits + 2).tolist(),
+               "explain": "the smallest of: the Otsu split of each video's distance to its nearest other video; "
+                          "one less than the smallest such distance in the same codes with each bit shuffled "
+                          "across the videos; a quarter of the code length"}
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,6 +13,13 @@ Every writer (build, add, remove, sync) holds the index's one lock for its whole
 both files under it (the index renamed first, then the metadata); readers hash the index bytes they load and
 compare with the metadata, so a mismatched pair is never used.
 
+A backend whose data lives in a server (Milvus) changes the server before the metadata is committed, so the
+metadata rename is the commit point there too: keys are handed out above every committed key, searches only
+consider keys below the metadata's ``next_key`` (what an unfinished writer added is invisible), and whoever
+opens the index while no writer holds the lock puts the server back in line with the metadata (deleting what
+a killed writer added, re-inserting what it removed or what a server lost) from the metadata's copy of every
+code.
+
 The ranking rule - distance, then key - is applied here, once, above the backends: exact backends return the
 same ranking as a brute force whatever their engines' order among ties.
 
@@ -27,6 +34,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -41,6 +49,7 @@ from ..artifacts import Codes
 from ..errors import ArtifactError, InputError, MismatchError, S5VHError
 from ..progress import NULL, Progress
 from .backends import IndexBackend, IndexParams, get_backend
+from .backends.base import Entries
 
 META_SUFFIX = ".meta.h5"
 # Provenance copied from the codes artifact into the index and required to agree when codes are added.
@@ -52,7 +61,7 @@ _FILE_KEYS = ("file_size", "file_mtime_ns", "file_sha256")
 
 __all__ = ["HammingIndex", "IndexParams", "AddReport", "add_codes", "build_index", "check_recall", "meta_path",
            "open_index", "range_search", "remove", "resolve_keys", "search", "entry_identity", "index_lock", "merge_codes",
-           "drop_keys", "write_index"]
+           "drop_keys", "write_index", "migrate_index", "verify_index"]
 
 
 def meta_path(index_path: str | os.PathLike) -> Path:
@@ -68,11 +77,27 @@ def _prev_path(index_path: Path) -> Path:
     return index_path.with_name(index_path.name + ".prev")
 
 
+_HELD = threading.local()  # .paths: the index locks this thread holds
+
+
+def _held() -> set[str]:
+    if not hasattr(_HELD, "paths"):
+        _HELD.paths = set()
+    return _HELD.paths
+
+
 @contextlib.contextmanager
-def index_lock(index_path: str | os.PathLike) -> Iterator[None]:
-    """The one lock every writer of an index holds for its whole read-modify-write."""
-    with artifacts.output_lock(Path(index_path)):
-        yield
+def index_lock(index_path: str | os.PathLike, wait: bool = True) -> Iterator[None]:
+    """The one lock every writer of an index holds for its whole read-modify-write.
+
+    With ``wait=False`` a lock held elsewhere raises InputError at once."""
+    key = os.path.abspath(index_path)
+    with artifacts.output_lock(Path(index_path), wait=wait):
+        _held().add(key)
+        try:
+            yield
+        finally:
+            _held().discard(key)
 
 
 def entry_identity(path: str, vid: str) -> str:
@@ -99,10 +124,15 @@ class HammingIndex:
     next_key: int = 0
     sources: list[dict[str, Any]] = field(default_factory=list)
     index_sha256: str = ""
+    repaired: dict[str, Any] = field(default_factory=dict)  # what opening put back in line on a server backend
 
     @property
     def n(self) -> int:
         return int(self.keys.shape[0])
+
+    def entries(self) -> Entries:
+        """The whole table as the backends take it."""
+        return Entries(self.keys, self.codes, self.ids, self.paths)
 
     @property
     def index_type(self) -> str:
@@ -138,12 +168,14 @@ class HammingIndex:
         return {
             "index": artifacts.display_path(str(self.path)) if self.path else None,
             "meta": artifacts.display_path(str(meta_path(self.path))) if self.path else None,
-            "backend": self.backend.name, "type": self.index_type, "exact": self.exact, "bits": self.bits,
-            "count": self.n, "next_key": self.next_key, "model_sha256": self.model_sha256,
+            "backend": self.backend.name, "backend_options": self.backend.options(), "type": self.index_type,
+            "exact": self.exact, "bits": self.bits, "count": self.n, "next_key": self.next_key,
+            "model_sha256": self.model_sha256,
             **{k: self.provenance.get(k, "") for k in PROVENANCE_KEYS},
             "params": self.params.set_values(),
             "sources": self.sources, "index_sha256": self.index_sha256,
             "index_bytes": self.path.stat().st_size if self.path and self.path.exists() else None,
+            **({"repaired": self.repaired} if self.repaired else {}),
         }
 
 
@@ -266,9 +298,30 @@ def _int_attr(f: h5py.File, key: str, where: Path, default: int | None = None) -
     return int(v)
 
 
-def open_index(path: str | os.PathLike, params: IndexParams | None = None, retries: int = 20) -> HammingIndex:
-    """Open ``index.bin`` and its metadata; verify they belong together. ``params`` override search knobs."""
-    path = Path(path)
+def _stat_id(p: Path) -> tuple[int, int, int] | None:
+    """Identifies one version of a file that writers replace by renaming."""
+    try:
+        st = p.stat()
+    except OSError:
+        return None
+    return (st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+def open_index(path: str | os.PathLike, params: IndexParams | None = None, retries: int = 20,
+               progress: Progress | None = None) -> HammingIndex:
+    """Open ``index.bin`` and its metadata; verify they belong together. ``params`` override search knobs.
+
+    A server backend whose contents drifted from the metadata is repaired here when no writer holds the index
+    lock (``HammingIndex.repaired`` says what was done); while a writer works, its unfinished changes are left
+    to it."""
+    for _ in range(retries + 1):
+        h = _open_once(Path(path), params, retries, progress or NULL)
+        if h is not None:
+            return h
+    raise ArtifactError(f"{path}: the index kept changing while it was being opened; try again")
+
+
+def _open_once(path: Path, params: IndexParams | None, retries: int, progress: Progress) -> HammingIndex | None:
     mpath = meta_path(path)
     if not path.exists():
         raise InputError(f"{path}: no such index file")
@@ -280,6 +333,7 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
             raise InputError(f"{path}: is a {kind} file, not an index; build one with `s5vh index CODES -o INDEX`")
         raise ArtifactError(f"{path}: its metadata file {mpath.name} is missing; rebuild with `s5vh index`")
     for attempt in range(retries + 1):
+        mstat = _stat_id(mpath)
         try:
             raw = path.read_bytes()
         except OSError as e:
@@ -308,8 +362,6 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
             if kds.ndim != 1 or kds.dtype.kind not in "iu" or cds.dtype != np.uint8 or cds.shape != (kds.shape[0], bits // 8):
                 raise ArtifactError(f"{mpath}: damaged index metadata (keys {kds.dtype} {kds.shape}, codes "
                                     f"{cds.dtype} {cds.shape}, {bits} bits)")
-            artifacts.check_backed(kds, mpath)
-            artifacts.check_backed(cds, mpath)
             keys = kds[()].astype(np.int64)
             codes = cds[()]
             n = keys.shape[0]
@@ -336,26 +388,70 @@ def open_index(path: str | os.PathLike, params: IndexParams | None = None, retri
         cls.check_type(index_type, bits)
     except InputError:
         raise ArtifactError(f"{mpath}: damaged index metadata (index type {index_type!r})") from None
-    if n and (np.unique(keys).size != n or keys.min() < 0 or next_key <= int(keys.max())):
-        raise ArtifactError(f"{mpath}: damaged index metadata (keys repeat, are negative, or next_key "
-                            f"{next_key} is not above the largest key)")
+    # keys are handed out in increasing order and kept in that order, so they must rise strictly
+    if n and (keys[0] < 0 or (n > 1 and not bool(np.all(keys[1:] > keys[:-1]))) or next_key <= int(keys[-1])):
+        raise ArtifactError(f"{mpath}: damaged index metadata (keys not strictly increasing from 0 or more, or "
+                            f"next_key {next_key} is not above the largest key)")
     backend = cls.from_bytes(raw, index_type, bits, IndexParams(), options, str(path))
     try:
         backend.check_params(stored)
     except InputError as e:
         raise ArtifactError(f"{mpath}: damaged index metadata (stored search parameters: {e})") from None
     backend.apply_params(stored)
-    if backend.ntotal != n:
+    table = Entries(keys, codes, ids, paths)
+    repaired: dict[str, Any] = {}
+    drift = backend.drift(table, next_key)
+    if drift:
+        outcome = _repair(path, mpath, mstat, backend, table, next_key, progress)
+        if outcome is None:
+            backend.close()
+            return None  # the metadata was replaced meanwhile: open the new pair
+        repaired = outcome
+    elif backend.ntotal != n:
         raise ArtifactError(f"{path}: index holds {backend.ntotal} codes but its metadata lists {n}")
-    if hasattr(backend, "keys") and n and not np.array_equal(np.sort(backend.keys()), np.sort(keys)):
-        raise ArtifactError(f"{path}: the keys in the index file are not those its metadata lists")
+    problem = backend.check_entries(keys, codes)
+    if problem:
+        raise ArtifactError(f"{path}: the index file and its metadata disagree ({problem}); rebuild with "
+                            "`s5vh index`")
     if params is not None:
         p = backend.params.merged(params)
         backend.check_params(p)
         backend.apply_params(p)
     return HammingIndex(path=path, backend=backend, bits=bits, keys=keys, ids=ids, paths=paths, codes=codes,
                         records=records, model_sha256=model_sha, provenance=prov, next_key=next_key,
-                        sources=sources, index_sha256=sha)
+                        sources=sources, index_sha256=sha, repaired=repaired)
+
+
+def _repair(path: Path, mpath: Path, mstat: tuple[int, int, int] | None, backend: IndexBackend, table: Entries,
+            next_key: int, progress: Progress) -> dict[str, Any] | None:
+    """Put a drifted backend back in line with the metadata, under the index lock.
+
+    Returns what was repaired ({} when a writer holds the lock: the difference may be its unfinished work, which
+    searches do not see, and it repairs on its own open), or None when the metadata was replaced since it was
+    read (the caller opens again)."""
+    if os.path.abspath(path) in _held():
+        lock: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    else:
+        lock = index_lock(path, wait=False)
+        try:
+            lock.__enter__()
+        except InputError:
+            return {}
+    try:
+        if _stat_id(mpath) != mstat:
+            return None
+        drift = backend.drift(table, next_key)  # again: a writer may have finished or died meanwhile
+        if not drift:
+            return {}
+        progress.log(f"{path}: the {backend.name} backend differs from the metadata "
+                     f"({', '.join(f'{k} {v}' for k, v in drift.as_dict().items())}); repairing from the metadata")
+        backend.repair(drift, table, next_key, progress)
+        if backend.ntotal != table.n or backend.drift(table, next_key):
+            raise ArtifactError(f"{path}: the {backend.name} backend still differs from the metadata after repair")
+        return drift.as_dict()
+    finally:
+        if not isinstance(lock, contextlib.nullcontext):
+            lock.__exit__(None, None, None)
 
 
 def _artifact_kind(path: Path) -> str | None:
@@ -409,11 +505,12 @@ def _dedupe_rows(ids: list[str], paths: list[str]) -> tuple[np.ndarray, int]:
     return np.asarray(keep, dtype=np.int64), len(ids) - len(keep)
 
 
-def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_type: str = "BFlat",
+def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_type: str | None = None,
                 params: IndexParams | None = None, progress: Progress | None = None, backend: str = "faiss",
                 backend_options: dict[str, Any] | None = None) -> HammingIndex:
     """Build ``out`` (+ ``out.meta.h5``) from one or more codes artifacts of the same model.
 
+    ``index_type`` defaults to the backend's exact type (``BFlat`` for faiss, ``BIN_FLAT`` for Milvus).
     A video that appears more than once (same path, or same id without a path) is indexed once.
     """
     progress = progress or NULL
@@ -421,6 +518,7 @@ def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_ty
     if not parts:
         raise InputError("index: no codes given")
     cls = get_backend(backend)
+    index_type = index_type or cls.default_type
     first = parts[0]
     for c in parts[1:]:
         if c.bits != first.bits or c.model_sha256 != first.model_sha256:
@@ -440,18 +538,82 @@ def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_ty
     cls.check_type(index_type, first.bits, n=int(keep.size))
     codes_arr = np.ascontiguousarray(all_codes[keep])
     keys = np.arange(keep.size, dtype=np.int64)
+    entries = Entries(keys, codes_arr, [ids[i] for i in keep], [paths[i] for i in keep])
+    prov = _codes_provenance(first)
     with index_lock(out):
-        be = cls.build(index_type, first.bits, codes_arr, keys, params or IndexParams(), backend_options or {},
-                       progress)
-        h = HammingIndex(path=None, backend=be, bits=first.bits, keys=keys, ids=[ids[i] for i in keep],
-                         paths=[paths[i] for i in keep], codes=codes_arr,
+        be = cls.build(index_type, first.bits, entries, params or IndexParams(), backend_options or {},
+                       {"bits": first.bits, "model_sha256": first.model_sha256, **prov}, _previous(out), progress)
+        h = HammingIndex(path=None, backend=be, bits=first.bits, keys=keys, ids=list(entries.ids),
+                         paths=list(entries.paths), codes=codes_arr,
                          records={k: v[keep] for k, v in records.items()}, model_sha256=first.model_sha256,
-                         provenance=_codes_provenance(first), next_key=int(keep.size))
+                         provenance=prov, next_key=int(keep.size))
         for c in parts[1:]:
             _check_compatible(h, c, f"{first.path}")
         h.sources = [_source_entry(c, c.n) for c in parts]
         write_index(h, out, "index")
     return h
+
+
+def _previous(out: str | os.PathLike) -> bytes | None:
+    """The local index file a build is about to replace (None when there is none or it cannot be read)."""
+    try:
+        p = Path(out)
+        return p.read_bytes() if p.is_file() and meta_path(p).is_file() else None
+    except OSError:
+        return None
+
+
+def migrate_index(src: str | os.PathLike, out: str | os.PathLike, backend: str, index_type: str | None = None,
+                  params: IndexParams | None = None, backend_options: dict[str, Any] | None = None,
+                  progress: Progress | None = None) -> HammingIndex:
+    """Copy the index ``src`` into ``backend`` at ``out``: the same entries under the same keys, with their
+    ids, paths, file records, provenance, sources and ``next_key`` (so keys stay never reused).
+
+    An exact index becomes the target backend's exact type unless ``index_type`` says otherwise; an approximate
+    one needs ``index_type``. ``out`` may be ``src`` itself (the index then changes backend in place)."""
+    progress = progress or NULL
+    cls = get_backend(backend)
+    same = os.path.abspath(src) == os.path.abspath(out)
+    for p in (Path(out), meta_path(out)):
+        if not same and p.resolve() in (Path(src).resolve(), meta_path(src).resolve()):
+            raise InputError(f"{out}: would overwrite the source index's files")
+    with index_lock(out), (index_lock(src) if not same else contextlib.nullcontext()):
+        h = open_index(src, progress=progress)
+        if index_type is None:
+            if not h.exact:
+                raise InputError(f"{src}: is an approximate {h.index_type} index; say which {backend} type to "
+                                 f"migrate it to with --type")
+            index_type = cls.default_type
+        cls.check_type(index_type, h.bits, n=h.n)
+        progress.log(f"migrating {h.n} entries from {h.backend.name} {h.index_type} to {backend} {index_type}")
+        be = cls.build(index_type, h.bits, h.entries(), params or IndexParams(), backend_options or {},
+                       {"bits": h.bits, "model_sha256": h.model_sha256, **h.provenance}, _previous(out), progress)
+        new = HammingIndex(path=None, backend=be, bits=h.bits, keys=h.keys, ids=h.ids, paths=h.paths, codes=h.codes,
+                           records=h.records, model_sha256=h.model_sha256, provenance=h.provenance,
+                           next_key=h.next_key, sources=h.sources)
+        write_index(new, out, "index migrate")
+        h.backend.close()
+    return new
+
+
+def verify_index(index_path: str | os.PathLike, progress: Progress | None = None) -> dict[str, Any]:
+    """Compare every stored key and code with the metadata and repair what differs (under the index lock).
+
+    Returns {"checked": N, "repaired": {...}} (empty when everything agreed). Only server backends can differ;
+    a faiss file's keys and (flat) codes are compared on every open."""
+    progress = progress or NULL
+    with index_lock(index_path):
+        h = open_index(index_path, progress=progress)
+        table = h.entries()
+        drift = h.backend.drift(table, h.next_key, full=True)
+        if drift:
+            progress.log(f"{index_path}: repairing {', '.join(f'{k} {v}' for k, v in drift.as_dict().items())}")
+            h.backend.repair(drift, table, h.next_key, progress)
+            if h.backend.ntotal != h.n or h.backend.drift(table, h.next_key, full=True):
+                raise ArtifactError(f"{index_path}: the {h.backend.name} backend still differs from the metadata "
+                                    "after repair")
+        h.backend.close()
+        return {"checked": h.n, "repaired": {**h.repaired, **(drift.as_dict() if drift else {})}}
 
 
 @dataclass
@@ -548,7 +710,8 @@ def merge_codes(h: HammingIndex, codes: Codes, on_existing: OnExisting, progress
         report.replaced[int(okey)] = ident_new[entry_identity(h.paths[row], h.ids[row])]
     if old_keys.size:
         drop_keys(h, old_keys, progress)
-    h.backend.add(np.ascontiguousarray(codes.codes[take_arr]), new_keys, progress)
+    h.backend.add(Entries(new_keys, np.ascontiguousarray(codes.codes[take_arr]), [codes.ids[r] for r in take],
+                          [codes.paths[r] for r in take]), progress)
     h.keys = np.concatenate([h.keys, new_keys])
     h.codes = np.concatenate([h.codes, codes.codes[take_arr]])
     h.ids = h.ids + [codes.ids[r] for r in take]
@@ -568,7 +731,7 @@ def drop_keys(h: HammingIndex, gone: np.ndarray, progress: Progress) -> None:
     h.ids = [i for i, k in zip(h.ids, keep, strict=True) if k]
     h.paths = [p for p, k in zip(h.paths, keep, strict=True) if k]
     h.records = {k: v[keep] for k, v in h.records.items()}
-    h.backend.remove(gone, h.codes, h.keys, progress)
+    h.backend.remove(gone, h.entries(), progress)
     if h.backend.ntotal != h.n:
         raise ArtifactError(f"{h.path}: removal left {h.backend.ntotal} codes, expected {h.n}")
 
@@ -653,17 +816,23 @@ def search(h: HammingIndex, queries: np.ndarray, k: int,
     q = _check_queries(h, queries)
     if k < 1:
         raise InputError(f"--topk must be at least 1, got {k}")
-    nq, ntotal = q.shape[0], h.backend.ntotal
+    be = h.backend
+    nq, ntotal = q.shape[0], be.ntotal
     results: list[tuple[np.ndarray, np.ndarray]] = [(np.empty(0, np.int32), np.empty(0, np.int64))] * nq
     if ntotal == 0 or nq == 0:
         return results
     excl = list(exclude) if exclude is not None else [set() for _ in range(nq)]
     need = np.array([min(k + len(e), ntotal) for e in excl])
-    fetch = np.minimum(ntotal, np.maximum(need + 8, 2 * need)) if h.exact else need
+    cap = min(ntotal, be.max_k) if be.max_k else ntotal  # most candidates one search may return per query
+    if int(need.max()) > cap:
+        plus = " (counting the results excluded)" if int(need.max()) > k else ""
+        raise InputError(f"--topk {k}{plus} is more than the {be.name} backend returns per query ({be.max_k}); "
+                         f"ask for fewer")
+    fetch = np.minimum(cap, np.maximum(need + 8, 2 * need)) if h.exact else need
     pending = np.arange(nq)
     while pending.size:
         kk = int(fetch[pending].max())
-        dist, lab = h.backend.search(q[pending], kk)
+        dist, lab = be.search(q[pending], kk, key_below=h.next_key)
         still = []
         for row, qi in enumerate(pending):
             valid = lab[row] >= 0
@@ -671,9 +840,11 @@ def search(h: HammingIndex, queries: np.ndarray, k: int,
             n_need = int(need[qi])
             truncated = (h.exact and kk < ntotal and d.size == kk and d.size >= n_need
                          and d[-1] == d[n_need - 1])
-            if truncated:
+            if truncated and kk >= cap:  # the backend's limit is reached inside a tie
+                d, lb = _complete_ties(h, q[qi], d, lb, n_need, cap)
+            elif truncated:
                 still.append(qi)
-                fetch[qi] = min(ntotal, kk * 4)
+                fetch[qi] = min(cap, kk * 4)
                 continue
             d, lb = _sort_candidates(d, lb)
             if excl[qi]:
@@ -682,6 +853,36 @@ def search(h: HammingIndex, queries: np.ndarray, k: int,
             results[qi] = (d[:k], lb[:k])
         pending = np.array(still, dtype=np.int64)
     return results
+
+
+def _complete_ties(h: HammingIndex, q1: np.ndarray, d: np.ndarray, lb: np.ndarray, need: int,
+                   cap: int) -> tuple[np.ndarray, np.ndarray]:
+    """The ``need`` nearest of one query by (distance, key) when an exact backend's per-query limit ``cap`` is
+    reached by candidates tied at the boundary distance D = d[need-1] = d[-1].
+
+    Everything nearer than D is among the candidates; the rest are the smallest keys at distance D. Searching
+    again among keys below the m-th smallest key seen at D (m = how many are still needed) keeps at least m of
+    them in reach, and the bound falls each round until a search ends beyond D or short of the limit: then every
+    key under the bound at distance D is in hand."""
+    big = int(d[need - 1])
+    near_d, near_k = d[d < big], lb[d < big]
+    m = need - near_k.size
+    at = np.sort(lb[d == big])
+    bound = h.next_key
+    while True:
+        new_bound = int(at[m - 1]) + 1
+        if new_bound >= bound:  # only when need == cap: nothing left to narrow
+            raise InputError(f"--topk {need} cannot be completed within the {h.backend.name} backend's limit of "
+                             f"{cap} results per query ({at.size} entries tie at distance {big}); ask for fewer")
+        bound = new_bound
+        dd, ll = h.backend.search(q1[None], cap, key_below=bound)
+        ok = ll[0] >= 0
+        dd, ll = dd[0][ok], ll[0][ok]
+        at = np.sort(ll[dd == big])
+        if dd.size < cap or int(dd[-1]) > big:
+            break
+    return (np.concatenate([near_d, np.full(m, big, dtype=near_d.dtype)]),
+            np.concatenate([near_k, at[:m]]).astype(np.int64))
 
 
 def range_search(h: HammingIndex, queries: np.ndarray, radius: int,
@@ -693,7 +894,7 @@ def range_search(h: HammingIndex, queries: np.ndarray, radius: int,
     nq = q.shape[0]
     if h.backend.ntotal == 0 or nq == 0:
         return [(np.empty(0, np.int32), np.empty(0, np.int64)) for _ in range(nq)]
-    out = [_sort_candidates(d, lb) for d, lb in h.backend.range_search(q, int(radius))]
+    out = [_sort_candidates(d, lb) for d, lb in h.backend.range_search(q, int(radius), key_below=h.next_key)]
     if exclude is not None:
         for i, e in enumerate(exclude):
             if e:

@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 
 from .. import artifacts
@@ -75,23 +74,11 @@ class QueryOutcome:
 
 def _h5_kind(path: str) -> str | None:
     """'codes' or 'features' for an HDF5 input, None for anything else (treated as a video)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    try:
-        if not h5py.is_hdf5(p):
-            return None
-        with h5py.File(p, "r") as f:
-            kind = f.attrs.get("s5vh_artifact")
-            kind = kind.decode() if isinstance(kind, bytes) else kind
-            if kind is None and "feats" in f:
-                return "features"
-    except OSError:
-        return None
-    if kind in ("codes", "features"):
+    kind = artifacts.h5_kind(path)
+    if kind is None or kind in ("codes", "features"):
         return kind
-    raise InputError(f"{path}: a {kind or 'non-s5vh HDF5'} file; query takes videos, a folder, a features file "
-                     "or a codes file")
+    raise InputError(f"{path}: a {kind or 'non-s5vh or damaged HDF5'} file; query takes videos, a folder, a features "
+                     "file or a codes file")
 
 
 class _ModelCache:
@@ -150,6 +137,14 @@ def _encode(cache: _ModelCache, feats: np.ndarray, batch_size: int, progress: Pr
     return encode_array(model, feats, batch_size=max(1, batch_size), device=cache.dev, progress=progress)
 
 
+def _clip_precision(precision: str, meta: dict[str, Any]) -> str:
+    """The backbone precision for clips: the one asked for, or with "auto", bfloat16 when the model's training
+    features were made in bfloat16 (clips are embedded as those were)."""
+    if precision == "auto" and (meta.get("features") or {}).get("precision") == "bfloat16":
+        return "bfloat16"
+    return precision
+
+
 def _clip_settings(h: HammingIndex, meta: dict[str, Any]) -> tuple[str, int, str, str]:
     feat = meta.get("features") or {}
 
@@ -174,12 +169,14 @@ class Searcher:
 
     def __init__(self, index: HammingIndex | str | os.PathLike, *, model_path: str | None = None,
                  device: str = "auto", ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-                 params: IndexParams | None = None, progress: Progress | None = None) -> None:
+                 params: IndexParams | None = None, runtime: str = "auto", precision: str = "auto",
+                 progress: Progress | None = None) -> None:
         t0 = time.perf_counter()
         self.index = index if isinstance(index, HammingIndex) else open_index(index, params=params)
         self.open_s = time.perf_counter() - t0
         self.device, self.batch_size, self.weights = device, batch_size, weights
         self.params = params
+        self.runtime, self.precision = runtime, precision  # of the backbone for clip queries (runtimes/)
         self.progress = progress or NULL
         self._models = _ModelCache(self.index, model_path, device, ssm_backend, self.progress)
 
@@ -269,7 +266,7 @@ class Searcher:
 
 def _prepare(s: Searcher, inputs: list[str]) -> tuple[list[QueryInput], dict[str, float]]:
     h, cache, progress = s.index, s._models, s.progress
-    device, batch_size, weights = s.device, s.batch_size, s.weights
+    device, batch_size, weights, runtime, precision = s.device, s.batch_size, s.weights, s.runtime, s.precision
     timings = {"extract_s": 0.0, "encode_s": 0.0, "model_load_s": 0.0}
     queries: list[QueryInput] = []
     videos: list[tuple[str, str]] = []
@@ -285,14 +282,24 @@ def _prepare(s: Searcher, inputs: list[str]) -> tuple[list[QueryInput], dict[str
             cache.get()
             timings["model_load_s"] += time.perf_counter() - t0
         backbone, frames, sampling, bb_sha = _clip_settings(h, cache.meta)
+        prec = _clip_precision(precision, cache.meta)  # while the model loads its meta is not known yet
         t0 = time.perf_counter()
+
+        def run_extract(prec: str):  # noqa: ANN202
+            return extract_clips([p for _, p in videos], backbone=backbone, frames=frames, sampling=sampling,
+                                 weights=weights, device=device, batch_size=batch_size, runtime=runtime,
+                                 precision=prec, progress=progress)
+
         try:
-            feats, infos = extract_clips([p for _, p in videos], backbone=backbone, frames=frames,
-                                         sampling=sampling, weights=weights, device=device, batch_size=batch_size,
-                                         progress=progress)
+            feats, infos = run_extract(prec)
         finally:
             if loader is not None:  # its error (a missing or wrong model) is the one to report first
                 timings["model_load_s"] += loader.finish()
+        if _clip_precision(precision, cache.meta) != prec:
+            # the model, loaded beside the clips, says its features were made in another precision: clips
+            # must be embedded as those were (rare: bfloat16 features; the cold query pays extraction twice)
+            prec = _clip_precision(precision, cache.meta)
+            feats, infos = run_extract(prec)
         timings["extract_s"] += time.perf_counter() - t0
         got = {i.get("backbone_sha256") for i in infos} - {None, ""}
         if bb_sha and got and got != {bb_sha}:
@@ -403,8 +410,9 @@ def _self_keys(h: HammingIndex, queries: list[QueryInput]) -> list[set[int]]:
 def query(index_path: str | os.PathLike, inputs: list[str], topk: int = 20, radius: int | None = None,
           exclude_self: bool = False, model_path: str | None = None, device: str = "auto",
           ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-          params: IndexParams | None = None, progress: Progress | None = None) -> QueryOutcome:
+          params: IndexParams | None = None, runtime: str = "auto", precision: str = "auto",
+          progress: Progress | None = None) -> QueryOutcome:
     """Search ``index_path`` with every input; top-``topk`` or everything within ``radius``."""
     s = Searcher(index_path, model_path=model_path, device=device, ssm_backend=ssm_backend, batch_size=batch_size,
-                 weights=weights, params=params, progress=progress)
+                 weights=weights, params=params, runtime=runtime, precision=precision, progress=progress)
     return s.query(inputs, topk=topk, radius=radius, exclude_self=exclude_self)

@@ -126,7 +126,8 @@ class ServerState:
 
     def __init__(self, index: str | os.PathLike, cfg: ServeConfig, *, model_path: str | None = None,
                  device: str = "auto", ssm_backend: str = "auto", batch_size: int = 32, weights: str | None = None,
-                 params: api.IndexParams | None = None, progress: Progress | None = None) -> None:
+                 params: api.IndexParams | None = None, runtime: str = "auto", precision: str = "auto",
+                 progress: Progress | None = None) -> None:
         self.cfg = cfg
         self.index_path = Path(index)
         self.model_path, self.device, self.ssm_backend, self.weights = model_path, device, ssm_backend, weights
@@ -142,7 +143,8 @@ class ServerState:
         self.metrics = Metrics()
         self.reloads = 0
         self.searcher = api.Searcher(self.index_path, model_path=model_path, device=device, ssm_backend=ssm_backend,
-                                     batch_size=batch_size, weights=weights, params=params, progress=self.progress)
+                                     batch_size=batch_size, weights=weights, params=params, runtime=runtime,
+                                     precision=precision, progress=self.progress)
         self._stamp = _stamp(self.index_path)
         self._thumbs: OrderedDict[tuple[int, int], list[bytes]] = OrderedDict()
         self._thumb_lock = threading.Lock()

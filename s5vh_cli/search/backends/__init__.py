@@ -11,6 +11,7 @@ __all__ = ["BACKENDS", "IndexBackend", "IndexParams", "get_backend"]
 # imported unless that backend is asked for
 BACKENDS = {
     "faiss": "s5vh_cli.search.backends.faiss:FaissBackend",
+    "milvus": "s5vh_cli.search.backends.milvus:MilvusBackend",
 }
 
 

@@ -8,12 +8,18 @@ return the same ranking (exact types) whatever order their engines produce.
 Persistence: a backend turns itself into the bytes of the local index file (``to_bytes``) and back
 (``from_bytes``). For faiss those bytes are the index itself, readable by ``faiss.read_index_binary``; a
 backend whose data lives in a server writes a small descriptor that names where the data is.
+
+The metadata is the record of what the index holds. A backend whose contents are the hashed local file cannot
+drift from it (only damage shows, through ``check_entries``); a server's contents can (a writer killed between
+changing the server and committing the metadata, a server that lost data), so such a backend reports the
+difference (``drift``) and brings itself back in line from the metadata's copy of every code (``repair``).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from dataclasses import dataclass, fields
+from collections.abc import Sequence
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -43,10 +49,54 @@ class IndexParams:
 Candidates = tuple[np.ndarray, np.ndarray]  # (distances int, keys int64) of one query, in any order
 
 
+@dataclass
+class Entries:
+    """Rows of the entry table handed to a backend: codes under keys, with each entry's string id and path
+    (which never change under a key). A backend may keep the ids and paths beside the codes; faiss does not."""
+
+    keys: np.ndarray  # int64 [N]
+    codes: np.ndarray  # uint8 [N, bits/8]
+    ids: Sequence[str]
+    paths: Sequence[str]
+
+    @property
+    def n(self) -> int:
+        return int(self.keys.shape[0])
+
+    def take(self, rows: np.ndarray) -> Entries:
+        rows = np.asarray(rows, dtype=np.int64)
+        return Entries(self.keys[rows], np.ascontiguousarray(self.codes[rows]), [self.ids[i] for i in rows.tolist()],
+                       [self.paths[i] for i in rows.tolist()])
+
+    def of_keys(self, keys: np.ndarray) -> Entries:
+        """The rows whose keys are in ``keys`` (the table's keys are sorted)."""
+        return self.take(np.flatnonzero(np.isin(self.keys, keys)))
+
+
+@dataclass
+class Drift:
+    """How a server's contents differ from the metadata's table."""
+
+    extra: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # held, not listed
+    missing: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # listed, not held
+    unlisted_above: int = 0  # held keys at or above next_key (a writer killed before its commit; or one at work)
+    reason: str = ""  # e.g. "collection missing"
+
+    def __bool__(self) -> bool:
+        return bool(self.extra.size or self.missing.size or self.unlisted_above or self.reason)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"extra": int(self.extra.size) + self.unlisted_above, "missing": int(self.missing.size),
+                **({"reason": self.reason} if self.reason else {})}
+
+
 class IndexBackend(ABC):
     """Codes under int64 keys with Hamming search. Subclasses register a ``name`` in ``backends.BACKENDS``."""
 
     name: ClassVar[str]
+    default_type: ClassVar[str]
+    # most candidates one search returns per query (None: no limit); the ranking rule works within it
+    max_k: ClassVar[int | None] = None
 
     def __init__(self, index_type: str, bits: int, params: IndexParams) -> None:
         self.index_type = index_type
@@ -61,9 +111,13 @@ class IndexBackend(ABC):
 
     @classmethod
     @abstractmethod
-    def build(cls, index_type: str, bits: int, codes: np.ndarray, keys: np.ndarray, params: IndexParams,
-              options: dict[str, Any], progress: Progress) -> IndexBackend:
-        """A new index of ``index_type`` over ``codes`` (uint8 [N, bits/8]) under ``keys``."""
+    def build(cls, index_type: str, bits: int, entries: Entries, params: IndexParams, options: dict[str, Any],
+              provenance: dict[str, Any], previous: bytes | None, progress: Progress) -> IndexBackend:
+        """A new index of ``index_type`` over ``entries`` (codes uint8 [N, bits/8] under keys).
+
+        ``options`` are the backend's settings (e.g. a server address); ``provenance`` describes the codes
+        (bits, model, backbone...) for backends that label what they store; ``previous`` is the local index file
+        this build replaces, if any, so that a server backend may reuse what it names."""
 
     @classmethod
     @abstractmethod
@@ -91,21 +145,40 @@ class IndexBackend(ABC):
         """True when search returns the true nearest codes (ties aside), so the ranking rule can be exact."""
 
     @abstractmethod
-    def add(self, codes: np.ndarray, keys: np.ndarray, progress: Progress) -> None:
-        """Insert ``codes`` under new ``keys``."""
+    def add(self, entries: Entries, progress: Progress) -> None:
+        """Insert ``entries`` under their new keys."""
 
     @abstractmethod
-    def remove(self, keys: np.ndarray, kept_codes: np.ndarray, kept_keys: np.ndarray, progress: Progress) -> None:
-        """Delete ``keys``. ``kept_*`` are the codes and keys that remain, for types that must be rebuilt."""
+    def remove(self, keys: np.ndarray, kept: Entries, progress: Progress) -> None:
+        """Delete ``keys``. ``kept`` is what remains, for types that must be rebuilt."""
+
+    def check_entries(self, keys: np.ndarray, codes: np.ndarray) -> str | None:
+        """Why the stored codes are not ``codes`` under ``keys`` (the metadata's table, in key order), or None.
+        Cheap checks only: this runs on every open."""
+        return None if self.ntotal == keys.shape[0] else f"{self.ntotal} codes stored, {keys.shape[0]} listed"
+
+    def drift(self, table: Entries, next_key: int, full: bool = False) -> Drift | None:
+        """How the stored contents differ from ``table`` (None when they agree), for backends whose contents can
+        change apart from the metadata. Cheap unless ``full`` (which also compares every stored code)."""
+        return None
+
+    def repair(self, drift: Drift, table: Entries, next_key: int, progress: Progress) -> None:
+        """Make the stored contents ``table`` again (after ``drift`` reported ``drift``)."""
+        raise NotImplementedError(f"the {self.name} backend cannot drift from its metadata")
+
+    def close(self) -> None:  # noqa: B027 - optional hook; local backends hold nothing to release
+        """Release connections (a no-op for local backends)."""
 
     # ---- search -----------------------------------------------------------------------------------------
     @abstractmethod
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Up to ``k`` candidates per query: distances and keys [nq, k], keys -1 where fewer were found."""
+    def search(self, queries: np.ndarray, k: int, key_below: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Up to ``k`` (at most ``max_k``) nearest candidates per query, nearest first: distances and keys
+        [nq, k], keys -1 where fewer were found. With ``key_below`` only keys below it are candidates."""
 
     @abstractmethod
-    def range_search(self, queries: np.ndarray, radius: int) -> list[Candidates]:
-        """Every candidate within Hamming distance ``radius`` (inclusive) per query, in any order."""
+    def range_search(self, queries: np.ndarray, radius: int, key_below: int | None = None) -> list[Candidates]:
+        """Every candidate within Hamming distance ``radius`` (inclusive) per query, in any order; with
+        ``key_below`` only keys below it."""
 
     # ---- parameters ---------------------------------------------------------------------------------------
     @abstractmethod

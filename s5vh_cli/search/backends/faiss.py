@@ -17,7 +17,7 @@ import numpy as np
 
 from ...errors import ArtifactError, InputError
 from ...progress import Progress
-from .base import Candidates, IndexBackend, IndexParams
+from .base import Candidates, Entries, IndexBackend, IndexParams
 
 _TYPE_RE = {
     "flat": re.compile(r"^BFlat$"),
@@ -81,12 +81,14 @@ def max_nflip(family: str, nums: tuple[int, ...]) -> int:
 
 class FaissBackend(IndexBackend):
     name = "faiss"
+    default_type = "BFlat"
 
     def __init__(self, index_type: str, bits: int, params: IndexParams, idmap: Any, inner: Any) -> None:
         super().__init__(index_type, bits, params)
         self.family, self.nums = parse_type(index_type, bits)
         self.idmap = idmap
         self._inner = inner  # keeps the wrapped index alive and reachable for its search knobs
+        self._top_key: int | None = None  # largest key held (None: not known yet), to skip no-op key filters
 
     # ---- construction and persistence -----------------------------------------------------------------
     @classmethod
@@ -104,13 +106,16 @@ class FaissBackend(IndexBackend):
         return inner
 
     @classmethod
-    def build(cls, index_type: str, bits: int, codes: np.ndarray, keys: np.ndarray, params: IndexParams,
-              options: dict[str, Any], progress: Progress) -> FaissBackend:
-        inner = cls._make_inner(index_type, bits, codes, progress)
+    def build(cls, index_type: str, bits: int, entries: Entries, params: IndexParams, options: dict[str, Any],
+              provenance: dict[str, Any], previous: bytes | None, progress: Progress) -> FaissBackend:
+        if options:
+            given = ", ".join("--" + k.replace("_", "-") for k in sorted(options))
+            raise InputError(f"the faiss backend takes no {given} (those are milvus options)")
+        inner = cls._make_inner(index_type, bits, entries.codes, progress)
         b = cls(index_type, bits, params, _faiss().IndexBinaryIDMap2(inner), inner)
         b.check_params(params)
         b.apply_params(params)
-        b.add(codes, keys, progress)
+        b.add(entries, progress)
         b.params = b._read_params()
         return b
 
@@ -166,8 +171,22 @@ class FaissBackend(IndexBackend):
     def keys(self) -> np.ndarray:
         return _faiss().vector_to_array(self.idmap.id_map).astype(np.int64)
 
-    def add(self, codes: np.ndarray, keys: np.ndarray, progress: Progress) -> None:
+    def check_entries(self, keys: np.ndarray, codes: np.ndarray) -> str | None:
+        if self.ntotal != keys.shape[0]:
+            return f"{self.ntotal} codes stored, {keys.shape[0]} listed"
+        # IDMap2 keeps ids in insertion order, as the metadata keeps its rows: rolled or swapped keys show here
+        if not np.array_equal(self.keys(), keys):
+            return "the keys differ or are in another order"
+        if self.family == "flat" and not np.array_equal(
+                _faiss().vector_to_array(self._inner.xb).reshape(-1, self.bits // 8), codes):
+            return "the stored codes differ"
+        return None
+
+    def add(self, entries: Entries, progress: Progress) -> None:
+        codes, keys = entries.codes, entries.keys
         n = codes.shape[0]
+        if n and self._top_key is not None:
+            self._top_key = max(self._top_key, int(keys.max()))
         progress.start("index add", total=n)
         try:
             for s in range(0, n, ADD_BATCH):
@@ -177,7 +196,8 @@ class FaissBackend(IndexBackend):
         finally:
             progress.finish()
 
-    def remove(self, keys: np.ndarray, kept_codes: np.ndarray, kept_keys: np.ndarray, progress: Progress) -> None:
+    def remove(self, keys: np.ndarray, kept: Entries, progress: Progress) -> None:
+        kept_codes = kept.codes
         if self.family == "flat":
             self.idmap.remove_ids(np.ascontiguousarray(keys, dtype=np.int64))
             return
@@ -194,14 +214,33 @@ class FaissBackend(IndexBackend):
         self._inner = inner
         self.idmap = _faiss().IndexBinaryIDMap2(inner)
         self.apply_params(self.params)
-        self.add(kept_codes, kept_keys, progress)
+        self.add(kept, progress)
 
     # ---- search -----------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.idmap.search(queries, k)
+    def _selector(self, key_below: int | None) -> Any:
+        """Search parameters that keep keys below ``key_below``; None when that filters nothing."""
+        if key_below is None or self.ntotal == 0:
+            return None
+        if self._top_key is None:
+            self._top_key = int(self.keys().max())
+        if key_below > self._top_key:
+            return None
+        faiss = _faiss()
+        p = faiss.SearchParameters()
+        p.sel = faiss.IDSelectorRange(0, int(key_below))
+        return p
 
-    def range_search(self, queries: np.ndarray, radius: int) -> list[Candidates]:
+    def search(self, queries: np.ndarray, k: int, key_below: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+        sel = self._selector(key_below)
+        if sel is None:
+            return self.idmap.search(queries, k)
+        return self.idmap.search(queries, k, params=sel)
+
+    def range_search(self, queries: np.ndarray, radius: int, key_below: int | None = None) -> list[Candidates]:
         nq = queries.shape[0]
+        if self._selector(key_below) is not None:
+            out = self.range_search(queries, radius)
+            return [(d[lb < key_below], lb[lb < key_below]) for d, lb in out]
         if self.family != "hnsw":
             lims, dist, lab = self.idmap.range_search(queries, int(radius) + 1)  # faiss's radius is exclusive
             return [(dist[lims[i]:lims[i + 1]], lab[lims[i]:lims[i + 1]]) for i in range(nq)]
