@@ -75,6 +75,23 @@ CASES = [
     ["serve", "index.txt", "--port", "70000"],
     ["serve", "index.txt", "--root", "nofolder"],
     ["serve", "index.txt", "--host", "0.0.0.0"],
+    # options that came with the backbone runtimes, the engines and the Milvus backend
+    ["extract", "folder", "-o", "f.h5", "--runtime", "tensorrt"],
+    ["extract", "folder", "-o", "f.h5", "--precision", "int8"],
+    ["extract", "folder", "-o", "f.h5", "--decoder", "gstreamer"],
+    ["extract", "folder", "-o", "f.h5", "--engine", "spark"],
+    ["extract", "folder", "-o", "f.h5", "--engine", "ray", "--workers", "2"],
+    ["extract", "folder", "-o", "f.h5", "--ray-address", "auto"],
+    ["train", "feats.txt", "--nproc", "0"],
+    ["train", "missing.h5", "--nproc", "2"],
+    ["query", "index.txt", "folder", "--runtime", "tensorrt"],
+    ["query", "index.txt", "folder", "--precision", "int8"],
+    ["serve", "index.txt", "--runtime", "tensorrt"],
+    ["serve", "index.txt", "--precision", "int8"],
+    ["index", "codes.txt", "-o", "i.bin", "--backend", "sqlite"],
+    ["index", "migrate", "missing.bin", "-o", "i.bin", "--backend", "faiss"],
+    ["index", "migrate", "index.txt", "-o", "nofolder/i.bin", "--backend", "faiss"],
+    ["index", "migrate", "index.txt", "-o", "i.bin", "--backend", "sqlite"],
 ]
 
 
@@ -98,8 +115,25 @@ def test_argument_errors_come_before_heavy_imports(place, args):
 
 
 @pytest.mark.parametrize("sub", [[], ["extract"], ["centers"], ["train"], ["encode"], ["index"], ["index", "add"],
-                                 ["query"], ["serve"], ["sync"], ["dedup"], ["eval"], ["info"], ["demo"]])
+                                 ["index", "migrate"], ["query"], ["serve"], ["sync"], ["dedup"], ["eval"], ["info"], ["demo"]])
 def test_help_imports_nothing_heavy(place, sub):
     rc, err, heavy = run([*sub, "--help"], place)
     assert rc == 0, err
     assert heavy == []
+
+
+def test_early_checks_know_the_cores_names():
+    """The name lists in commands/_check.py (standard library only) are the core's, so an early check never
+    refuses what the core accepts, nor lets through what it refuses."""
+    from s5vh_cli import runtimes, video
+    from s5vh_cli.commands import _check
+    from s5vh_cli.engines import ENGINES
+    from s5vh_cli.search.backends import BACKENDS
+
+    assert _check.RUNTIMES == ("auto", *runtimes.RUNTIMES)
+    assert _check.PRECISIONS == ("auto", *runtimes.PRECISIONS)
+    for alias in _check.PRECISION_ALIASES:
+        assert runtimes.resolve_precision(alias, "cpu") in runtimes.PRECISIONS
+    assert _check.DECODERS == video.DECODERS
+    assert _check.ENGINES == ENGINES
+    assert set(_check.BACKENDS) == set(BACKENDS)
