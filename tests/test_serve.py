@@ -271,3 +271,31 @@ def test_missing_extra_is_one_line_naming_it(lib):
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert p.returncode == 2, p.stderr
     assert p.stderr.strip().splitlines() == ["error: s5vh serve needs fastapi, uvicorn: pip install 's5vh[serve]'"]
+
+
+def test_an_index_on_milvus_serves_what_the_cli_answers(milvus, lib, tmp_path, capsys):
+    """The server calls api.py only, so an index whose codes live in a Milvus collection serves unchanged:
+    queries equal the CLI's, a removal through the server reaches the collection and the CLI."""
+    root = copy_library(lib, tmp_path / "lib")
+    api.migrate(root / "index.bin", root / "index.bin", "milvus",
+                backend_options={"uri": milvus.uri, "collection": f"serve_{os.getpid()}_{time.monotonic_ns()}"})
+    rc, out, err = cli(capsys, "query", root / "index.bin", root / "codes.h5", "-k", "4", "--json")
+    assert rc == 0, err
+    want = json.loads(out)
+    codes = [q["code"] for q in want["queries"]]
+    clip = sorted((root / "videos").rglob("*.mp4"))[5]
+    with serving(root / "index.bin", "--root", root, log=tmp_path / "log") as srv, srv.client() as c:
+        info = c.get("/api/index").json()
+        assert info["backend"] == "milvus" and info["count"] == 12
+        assert _hits(c.post("/api/query/codes", json={"codes": codes, "topk": 4}).json()) == _hits(want)
+        by_path = c.post("/api/query/paths", json={"paths": [str(clip)], "topk": 3})
+        assert by_path.status_code == 200, by_path.text
+        rc, out, err = cli(capsys, "query", root / "index.bin", clip, "-k", "3", "--json")
+        assert rc == 0, err
+        assert _hits(by_path.json()) == _hits(json.loads(out))
+        r = c.post("/api/index/remove", json={"paths": [str(clip)]})
+        assert r.status_code == 200, r.text
+        assert r.json()["removed"] == 1 and r.json()["count"] == 11
+    h = api.open_index(root / "index.bin")
+    assert h.backend.name == "milvus" and h.n == 11 and str(clip) not in h.paths
+    assert api.verify_index(root / "index.bin")["repaired"] == {}
