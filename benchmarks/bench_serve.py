@@ -156,21 +156,23 @@ def floor(index: Path, clip: Path, repeat: int) -> dict:
     """Decode of the sampled frames and the backbone on them, alone, warm (best and median of ``repeat``)."""
     from s5vh_cli import api, video
     from s5vh_cli.backbones import get_spec
-    from s5vh_cli.extract import _cached_backbone, _embed
+    from s5vh_cli.extract import _embed
+    from s5vh_cli.runtimes import load_embedder
 
     s = api.Searcher(index)
     h = s.index
     name, frames, sampling = h.provenance["backbone"], int(h.provenance["frames"]), h.provenance["sampling"]
     spec = get_spec(name)
-    m, dev = _cached_backbone(name, None, "auto")
     s.query([str(clip)], topk=20)  # warm every part once
+    # the embedder the query used (load_embedder caches it per arguments; extract_clips' defaults)
+    m, choice = load_embedder(name, None, runtime="auto", precision="auto", device="auto", batch_size=32)
     dec, emb, whole = [], [], []  # (wall, cpu of every thread of this process)
     for _ in range(repeat):
         t0, c0 = time.perf_counter(), time.process_time()
         c = video.read_frames(str(clip), frames, sampling, size=spec.input_size, resize=spec.resize)
         dec.append((time.perf_counter() - t0, time.process_time() - c0))
         t0, c0 = time.perf_counter(), time.process_time()
-        _embed(m, [c], dev)
+        _embed(m, [c])
         emb.append((time.perf_counter() - t0, time.process_time() - c0))
         t0, c0 = time.perf_counter(), time.process_time()
         s.query([str(clip)], topk=20)
@@ -182,7 +184,7 @@ def floor(index: Path, clip: Path, repeat: int) -> dict:
         return {"best_ms": min(w) * 1000, "median_ms": statistics.median(w) * 1000,
                 "cpu_median_ms": statistics.median(c) * 1000}
 
-    return {"frames": frames, "backbone": name, "decode": st(dec), "backbone_forward": st(emb),
+    return {"frames": frames, "backbone": name, "runtime": f"{m.runtime} {m.precision}", "decode": st(dec), "backbone_forward": st(emb),
             "query_in_process": st(whole)}
 
 
@@ -241,7 +243,7 @@ def main() -> None:
     print(f"indexes: {big} ({a.codes} codes), {mid} ({a.clip_index_codes} codes)", flush=True)
     res["floor"] = floor(mid, a.clip, a.floor_repeat)
     f = res["floor"]
-    print(f"floor ({f['frames']} frames, {f['backbone']}), medians, wall / CPU: decode "
+    print(f"floor ({f['frames']} frames, {f['backbone']} on {f['runtime']}), medians, wall / CPU: decode "
           f"{f['decode']['median_ms']:.0f} / {f['decode']['cpu_median_ms']:.0f} ms, backbone "
           f"{f['backbone_forward']['median_ms']:.0f} / {f['backbone_forward']['cpu_median_ms']:.0f} ms, whole query in "
           f"process {f['query_in_process']['median_ms']:.0f} / {f['query_in_process']['cpu_median_ms']:.0f} ms",

@@ -104,16 +104,17 @@ s = api.Searcher(sys.argv[1]); mark("open the index (read, sha256, faiss load)")
 from s5vh_cli.ssm import cpu_kernel; cpu_kernel.smoke_test(); mark("load the selective-scan kernel (numba cache)")
 s.load_model(); mark("load the model checkpoint")
 h = s.index
-from s5vh_cli.extract import _cached_backbone, _embed
+from s5vh_cli.extract import _embed
+from s5vh_cli.runtimes import load_embedder
 from s5vh_cli.backbones import get_spec
 from s5vh_cli import video
 name, frames, sampling = h.provenance["backbone"], int(h.provenance["frames"]), h.provenance["sampling"]
-m, dev = _cached_backbone(name, None, "auto"); mark("build the backbone, load its weights")
+m, choice = load_embedder(name, None, batch_size=32); mark(f"load the backbone ({m.runtime}, {m.precision})")
 spec = get_spec(name)
 clip = video.read_frames(sys.argv[2], frames, sampling, size=spec.input_size, resize=spec.resize)
 mark(f"decode the {frames} sampled frames")
-_embed(m, [clip], dev); mark(f"backbone on {frames} frames (first call)")
-_embed(m, [clip], dev); mark(f"backbone on {frames} frames (again)")
+_embed(m, [clip]); mark(f"backbone on {frames} frames (first call)")
+_embed(m, [clip]); mark(f"backbone on {frames} frames (again)")
 out = s.query([sys.argv[2]], topk=20); mark("whole query, warm (decode + backbone + encode + search)")
 print(json.dumps({"stages": marks, "timings": out.timings}))
 """
