@@ -137,3 +137,29 @@ def test_early_checks_know_the_cores_names():
     assert _check.DECODERS == video.DECODERS
     assert _check.ENGINES == ENGINES
     assert set(_check.BACKENDS) == set(BACKENDS)
+
+
+_KERNEL_CACHE = """
+import json
+from numba.core.registry import CPUDispatcher
+from s5vh_cli.ssm import cpu_kernel as ck
+ck.smoke_test()
+stats = [v.stats for v in vars(ck).values() if isinstance(v, CPUDispatcher)]
+print(json.dumps([sum(sum(s.cache_hits.values()) for s in stats), sum(sum(s.cache_misses.values()) for s in stats)]))
+"""
+
+
+def test_nothing_is_compiled_on_the_query_path():
+    """The fused CPU scan's kernels (what encoding a clip runs) come from numba's on-disk cache in every process
+    after the first on a machine: a cold query loads machine code, it compiles nothing."""
+    from s5vh_cli.ssm import available_backends
+
+    if not available_backends()["cpu"].startswith("available"):
+        pytest.skip("the fused CPU scan is not available here")
+    counts = []
+    for _ in range(2):  # the first may compile (an empty cache), the second must not
+        p = subprocess.run([sys.executable, "-c", _KERNEL_CACHE], capture_output=True, text=True, timeout=900)
+        assert p.returncode == 0, p.stderr[-3000:]
+        counts.append(json.loads(p.stdout.strip().splitlines()[-1]))
+    hits, misses = counts[1]
+    assert misses == 0 and hits >= 4, counts
