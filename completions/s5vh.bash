@@ -7,12 +7,12 @@ _s5vh() {
     for ((i=1; i<COMP_CWORD; i++)); do
         case "${COMP_WORDS[i]}" in
             -*) ;;
-            add|build|centers|dedup|demo|encode|eval|extract|index|info|migrate|query|remove|sync|train) path="$path ${COMP_WORDS[i]}" ;;
+            add|build|centers|dedup|demo|encode|eval|extract|index|info|migrate|query|remove|serve|sync|train) path="$path ${COMP_WORDS[i]}" ;;
         esac
     done
     path="${path# }"
     case "$path" in
-        "") COMPREPLY=($(compgen -W "--version --debug -h --help centers dedup demo encode eval extract index info query sync train" -- "$cur")) ;;
+        "") COMPREPLY=($(compgen -W "--version --debug -h --help centers dedup demo encode eval extract index info query serve sync train" -- "$cur")) ;;
         "centers") COMPREPLY=($(compgen -W "-o --out --clusters -k --bits --pca-dim --seed --preset --json --quiet -q -h --help" -- "$cur")) ;;
         "dedup") COMPREPLY=($(compgen -W "--radius -r --json --jsonl --csv --html --move-to --manifest --undo --model --index --device --workers -h --help" -- "$cur")) ;;
         "demo") COMPREPLY=($(compgen -W "--out -o --per-class --frames --bits --epochs --topk --threads -h --help" -- "$cur")) ;;
@@ -27,6 +27,7 @@ _s5vh() {
         "index remove") COMPREPLY=($(compgen -W "--id --key --path --ids-file --json -h --help" -- "$cur")) ;;
         "info") COMPREPLY=($(compgen -W "--device --json -h --help" -- "$cur")) ;;
         "query") COMPREPLY=($(compgen -W "--topk -k --radius -r --exclude-self --json --jsonl --model --weights --device --ssm-backend --batch-size --runtime --precision --nprobe --ef-search --nflip --rerank --flip --hop --hits-per-window -h --help" -- "$cur")) ;;
+        "serve") COMPREPLY=($(compgen -W "--host --port --root --token-file --max-upload-mb --clip-workers --topk -k --model --weights --device --ssm-backend --batch-size --runtime --precision --warm --no-warm --access-log -h --help" -- "$cur")) ;;
         "sync") COMPREPLY=($(compgen -W "--model --work --dry-run -n --weights --device --workers --json -h --help" -- "$cur")) ;;
         "train") COMPREPLY=($(compgen -W "--centers -o --output --bits --method --preset --behaviour --epochs --batch-size --lr --encoder --device --ssm-backend --resume --seed --val-fraction --threads --mask-ratio --alpha --a-cluster --weight-decay --warm-up-epochs --tie-directions --no-tie-directions --decoder-order --mamba-init --centers-mode --label-pred --transformed-views --no-transformed-views --temporal-pool --reverse-negatives --no-reverse-negatives --force --nproc --max-restarts --quiet -q -h --help" -- "$cur")) ;;
     esac

@@ -31,6 +31,7 @@ from .search.index import (
     add_codes,
     build_index,
     check_recall,
+    meta_path,
     migrate_index,
     open_index,
     remove,
@@ -42,8 +43,9 @@ from .search.sync import SyncPlan, SyncReport, plan_sync, sync
 
 __all__ = [
     "AddReport", "Codes", "DedupResult", "HammingIndex", "IndexParams", "MoveReport", "QueryOutcome", "Searcher",
-    "SyncPlan", "SyncReport", "add", "build", "check_recall", "dedup", "migrate", "move_duplicates", "open_index",
-    "plan_sync", "query", "remove", "sync", "undo_moves", "verify_index",
+    "SyncPlan", "SyncReport", "add", "add_summary", "build", "check_recall", "dedup", "meta_path", "migrate",
+    "move_duplicates", "open_index", "plan_sync", "query", "remove", "remove_summary", "sync", "undo_moves",
+    "verify_index",
 ]
 
 
@@ -89,5 +91,16 @@ def dedup(index: str | os.PathLike | HammingIndex, radius: int | None = None,
     return find_duplicates(h, radius=radius, progress=progress)
 
 
-# re-exported as they are: open_index, remove, query, Searcher, sync, plan_sync, check_recall, verify_index,
+def add_summary(h: HammingIndex, report: AddReport) -> dict[str, Any]:
+    """The JSON document of an add (`s5vh index add --json`, the server's add): the index, then what changed."""
+    return h.info() | report.as_dict()
+
+
+def remove_summary(h: HammingIndex, gone: Any) -> dict[str, Any]:
+    """The JSON document of a removal (`s5vh index remove --json`, the server's remove)."""
+    return h.info() | {"removed": int(len(gone)), "removed_keys": [int(k) for k in gone]}
+
+
+# re-exported as they are: meta_path, open_index, remove, query, Searcher, sync, plan_sync, check_recall,
+# verify_index,
 # move_duplicates, undo_moves

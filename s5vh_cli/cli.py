@@ -28,6 +28,7 @@ from .commands import extract as _extract
 from .commands import index as _index
 from .commands import info as _info
 from .commands import query as _query
+from .commands import serve as _serve
 from .commands import sync as _sync
 from .commands import train as _train
 from .commands._common import err_console, markup_safe, printable
@@ -63,7 +64,7 @@ def _root(
     """s5vh: self-supervised video hashing and near-duplicate video search."""
 
 
-for _mod in (_extract, _centers, _train, _encode, _index, _query, _sync, _dedup, _evaluate, _info, _demo):
+for _mod in (_extract, _centers, _train, _encode, _index, _query, _serve, _sync, _dedup, _evaluate, _info, _demo):
     _mod.register(app)
 
 

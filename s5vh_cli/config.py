@@ -192,6 +192,31 @@ class ExtractConfig:
     precision: str = "auto"  # compute precision: auto (float32 on CPU, float16 on CUDA), float32, bfloat16, float16
     decoder: str = "auto"  # video decoder: auto (PyAV when installed, else OpenCV), pyav, opencv
 
+
+@dataclass
+class ServeConfig:
+    """`s5vh serve`: where it listens, who may call it, what it may read, how much it accepts."""
+
+    host: str = "127.0.0.1"  # anything but a loopback address needs a token
+    port: int = 8080
+    token: str = ""  # API token (Authorization: Bearer ...); required off loopback
+    roots: tuple[str, ...] = ()  # folders whose files requests may name (query by path, add, sync); none: no paths
+    max_upload_mb: float = 256.0  # largest request body (an uploaded clip), MB
+    clip_workers: int = 1  # clip queries decoded and embedded at once (the rest wait); the cores are shared
+    topk: int = 20  # results per query when the request gives neither topk nor radius
+    thumbnail_cache: int = 512  # JPEG keyframes kept in memory
+
+    def validate(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"--port must be between 0 and 65535, got {self.port}")
+        if not self.max_upload_mb > 0:
+            raise InputError(f"--max-upload-mb must be positive, got {self.max_upload_mb:g}")
+        if self.clip_workers < 1:
+            raise InputError(f"--clip-workers must be at least 1, got {self.clip_workers}")
+        if self.topk < 1:
+            raise InputError(f"--topk must be at least 1, got {self.topk}")
+
+
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "default": {"model": {}, "train": {}, "centers": {}},  # epochs and batch chosen from the library size

@@ -71,12 +71,17 @@ def report_data(result: DedupResult, thumbs: int = 4, progress: Progress = NULL)
             "edges": [[a, b, d] for a, b, d in result.edges]}
 
 
-def write_html(result: DedupResult, out: str | os.PathLike, thumbs: int = 4, progress: Progress = NULL) -> Path:
-    """Write the report atomically; returns its path."""
+def render_html(result: DedupResult, thumbs: int = 4, progress: Progress = NULL) -> str:
+    """The report page as one string (`s5vh dedup --html` writes it; `s5vh serve` serves it)."""
     data = report_data(result, thumbs=thumbs, progress=progress)
     # "</" cannot end the script element early once escaped; the JSON stays valid
     blob = json.dumps(data, ensure_ascii=True).replace("</", "<\\/")
-    page = _PAGE.replace("%TITLE%", html.escape(f"s5vh duplicates: {data['index']}")).replace("%DATA%", blob)
+    return _PAGE.replace("%TITLE%", html.escape(f"s5vh duplicates: {data['index']}")).replace("%DATA%", blob)
+
+
+def write_html(result: DedupResult, out: str | os.PathLike, thumbs: int = 4, progress: Progress = NULL) -> Path:
+    """Write the report atomically; returns its path."""
+    page = render_html(result, thumbs=thumbs, progress=progress)
     out = Path(out)
     with artifacts.atomic_output(out) as tmp:
         tmp.write_text(page, encoding="utf-8")

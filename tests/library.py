@@ -72,6 +72,11 @@ def lib(tmp_path_factory):
 @pytest.fixture
 def work(lib, tmp_path):
     """A private copy of the library (videos, model, index) that a test may change."""
+    return copy_library(lib, tmp_path)
+
+
+def copy_library(lib: Path, tmp_path: Path) -> Path:
+    """Copy the library's videos, model and codes into ``tmp_path`` and index them there."""
     shutil.copytree(lib / "videos", tmp_path / "videos")
     for name in ("model.pt", "feats.h5", "codes.h5"):
         shutil.copy(lib / name, tmp_path / name)

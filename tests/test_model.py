@@ -235,3 +235,19 @@ def test_bad_model_files(tmp_path):
         with pytest.raises(ArtifactError) as e:
             load_model(p)
         assert str(p) in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("encoder", ["mamba", "transformer"])
+def test_loading_a_model_does_not_import_torchs_compiler(tmp_path, encoder):
+    """The weight-fit check ran on the meta device, whose kernels import torch._dynamo: 1.2-1.6 s of CPU on
+    every cold model load (a cold `s5vh query` waits for it). A fresh process loads a model without it."""
+    import subprocess
+    import sys
+
+    model = tiny_model(encoder=encoder).eval()
+    path = tmp_path / "m.pt"
+    save_model(path, model, model.cfg, TrainConfig(), _features(), {})
+    code = ("import sys; from s5vh_cli.checkpoint import load_model; load_model(sys.argv[1], ssm_backend='torch'); "
+            "print(sorted(m for m in sys.modules if m.startswith('torch._dynamo'))[:3])")
+    out = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import s5vh_cli.encode  # noqa: F401 - imported now, so that it binds the real load_model, not the fixture's stand-in
 from s5vh_cli import artifacts, checkpoint, extract
 from s5vh_cli.artifacts import Codes
 from s5vh_cli.cli import main
@@ -284,3 +285,29 @@ def test_flip_finds_mirrored_copies(corpus, capsys):
     rc, out_s, _ = cli(["query", corpus.index, clips, "--flip", "-k", "1", "--json"], capsys)
     doc = json.loads(out_s)
     assert rc == 0 and doc["flip"] is True and [q["results"][0]["id"] for q in doc["queries"]] == ["v7", "v8"]
+
+
+def test_clips_follow_a_bfloat16_model_even_when_it_loads_beside_them(corpus, monkeypatch):
+    """A cold clip query loads the model beside decoding, so with --precision auto the model's feature
+    precision is known only after the clips went through the backbone; a bfloat16 model gets them again in
+    bfloat16 (clips must be embedded as the training features were). An explicit precision is kept."""
+    seen = []
+    real_load, real_extract = checkpoint.load_model, extract.extract_clips
+
+    def load_bf16(path, device="cpu", ssm_backend="auto"):
+        model, meta = real_load(path, device, ssm_backend)
+        meta["features"]["precision"] = "bfloat16"
+        return model, meta
+
+    def recording(paths, **kw):
+        seen.append(kw["precision"])
+        return real_extract(paths, **kw)
+
+    monkeypatch.setattr(checkpoint, "load_model", load_bf16)
+    monkeypatch.setattr(extract, "extract_clips", recording)
+    out = query(corpus.index, [str(corpus.dir / "clips")], topk=1)
+    assert seen[-1] == "bfloat16"
+    assert [int(d[0]) for d, _ in out.results] == [0, 0]
+    seen.clear()
+    query(corpus.index, [str(corpus.dir / "clips")], topk=1, precision="float32")
+    assert seen == ["float32"]

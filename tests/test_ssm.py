@@ -252,8 +252,12 @@ def test_openmp_wait_policy_passive_for_scan_commands(command, given, expected, 
     env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
     if given:
         env["OMP_WAIT_POLICY"] = given
-    args = [str(tmp_path / "missing.pt")] if command == "encode" else []
-    args.append(str(tmp_path / "missing.h5"))  # the command starts, then fails on the missing input
+    # inputs that exist but are not artifacts: the command passes its argument checks (which come before any
+    # heavy import), gets as far as loading torch, then fails reading them
+    for name in ("model.pt", "feats.h5"):
+        (tmp_path / name).write_text("not an artifact\n")
+    args = [str(tmp_path / "model.pt")] if command == "encode" else []
+    args.append(str(tmp_path / "feats.h5"))
     if command in ("encode", "extract"):
         args += ["-o", str(tmp_path / "out.h5")]
     code = (

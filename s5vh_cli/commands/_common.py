@@ -11,8 +11,6 @@ import time
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-from rich.progress import Progress as RichProgress
 
 from ..progress import Progress
 
@@ -63,7 +61,7 @@ class RichProgressSink(Progress):
 
     def __init__(self, quiet: bool = False) -> None:
         self.quiet = quiet
-        self._bar: RichProgress | None = None
+        self._bar: Any = None  # a rich.progress.Progress while a bar is shown
         self._task = None
         self._t0 = 0.0
         self._plain: dict[str, Any] | None = None
@@ -76,6 +74,16 @@ class RichProgressSink(Progress):
         if not err_console.is_terminal:
             self._plain = {"task": task, "total": total, "done": 0, "info": "", "last": self._t0}
             return
+        # imported here, not at start-up: every command line (and --help) would pay for it
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as RichProgress
+
         self._bar = RichProgress(
             TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
             TextColumn("eta"), TimeRemainingColumn(), TextColumn("{task.fields[info]}"),

@@ -49,14 +49,18 @@ def register(app: typer.Typer) -> None:
         Writes the pseudo-labels, the PCA transform, the centroids and the centres; prints, per bit length, the
         required and achieved minimum Hamming distance and how well centre similarities follow the clusters'.
         """
-        from .. import artifacts
-        from ..centers import compute_centers, default_clusters
         from ..config import preset, replace, to_dict
         from ..errors import ArtifactError, InputError
+        from . import _check
 
         _, _, cfg = preset(preset_name)
         cfg = replace(cfg, pca_dim=pca_dim, seed=seed,
                       bits=_parse_bits(bits) if bits is not None else None)
+        _check.existing_file(feats, "a features file from `s5vh extract`")
+        _check.output_file(out)
+        from .. import artifacts
+        from ..centers import compute_centers, default_clusters
+
         if out.exists() and feats.exists() and out.resolve() == feats.resolve():
             raise InputError(f"{out}: the output would overwrite the input features file")
         sink = RichProgressSink(quiet=quiet)

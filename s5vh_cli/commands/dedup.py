@@ -65,10 +65,17 @@ def register(app: typer.Typer) -> None:
             return
         if source is None:
             raise InputError("give an index or a folder of videos (or --undo MANIFEST)")
+
         if radius is not None and radius < 0:
             raise InputError(f"--radius must be at least 0, got {radius}")
         if html_out is not None and (html_out.is_dir() or not (html_out.parent if str(html_out.parent) else Path(".")).is_dir()):
             raise InputError(f"{html_out}: not a file name in an existing folder")
+        from . import _check
+
+        if not source.is_dir():
+            _check.existing_index(source)
+        _check.existing_file(model, "a model file from `s5vh train`")
+        _check.device(device)
         from .. import api
 
         sink = RichProgressSink(quiet=machine)

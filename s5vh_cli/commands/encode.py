@@ -41,6 +41,14 @@ def encode_command(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar or log lines."),
 ) -> None:
     """Encode every video of FEATURES into a packed binary code (bit = sign of the mean frame code, ties -> 1)."""
+    from . import _check
+
+    _check.existing_file(model, "a model file from `s5vh train`")
+    _check.existing_file(features, "a features file from `s5vh extract`")
+    _check.output_file(output)
+    _check.at_least(batch_size, 1, "--batch-size")
+    _check.device(device)
+    _check.ssm_backend(ssm_backend)
     from ..runtime import prefer_passive_openmp
 
     prefer_passive_openmp()

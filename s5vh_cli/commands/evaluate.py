@@ -48,9 +48,16 @@ def register(app: typer.Typer) -> None:
 
         mAP@K is the SSVH/ConMH/S5VH convention: AP@K = (1/K) sum_{r<=K} rel_r * P@r (normalised by K).
         """
-        from ..evaluate import evaluate_files
+        from . import _check
 
         ks = _parse_ks(k)
+        for p, what in ((query, "a codes or features file"), (labels, "a labels file"),
+                        (database, "a codes or features file"), (db_labels, "a labels file"),
+                        (model, "a model file from `s5vh train`")):
+            _check.existing_file(p, what)
+        _check.at_least(batch_size, 1, "--batch-size")
+        from ..evaluate import evaluate_files
+
         if plots is not None:
             from ..plots import _pyplot
 

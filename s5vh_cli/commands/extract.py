@@ -63,9 +63,8 @@ def extract_command(
 
     prefer_passive_openmp()  # before torch loads: torch's spinning OpenMP pool collapses on shared cores
     from ..config import ExtractConfig
-    from ..engines import get_engine
-    from ..errors import InputError, VideoError
-    from ..extract import extract
+    from ..errors import InputError
+    from . import _check
 
     if threads is not None and threads < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--threads")
@@ -86,6 +85,18 @@ def extract_command(
                                  param_hint="--workers")
     if engine != "ray" and ray_address is not None:
         raise typer.BadParameter("needs --engine ray", param_hint="--ray-address")
+    _check.engine(engine)
+    _check.runtime(runtime)
+    _check.precision(precision)
+    _check.decoder(decoder)
+    _check.inputs(inputs)
+    _check.output_file(output)
+    _check.existing_file(weights, "a backbone weights file")
+    _check.device(device)
+    from ..engines import get_engine
+    from ..errors import VideoError
+    from ..extract import extract
+
     cfg = ExtractConfig(backbone=backbone, frames=frames, sampling="uniform" if fps is None else f"fps={fps:g}",
                         batch_size=batch_size, dtype=dtype, views=views, view_seed=view_seed, runtime=runtime,
                         precision=precision, decoder=decoder)

@@ -90,6 +90,12 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Build an index from codes. Keys (int64 ids) are assigned 0, 1, 2... in file order."""
+        from . import _check
+
+        for c in codes:
+            _check.existing_file(c, "a codes file from `s5vh encode`")
+        _check.output_file(out)
+        _check.backend(backend)
         from ..api import build
 
         h = build(codes, out, index_type, params=_params(nprobe, ef_search, nflip), backend=backend,
@@ -112,10 +118,17 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Add codes to an index, once per video (new keys continue after the largest ever assigned)."""
-        from ..api import add
+        from ..errors import InputError
+        from . import _check
+
+        if on_existing not in ("skip", "replace", "error"):
+            raise InputError(f"--on-existing must be one of skip, replace, error, got {on_existing!r}")
+        _check.existing_index(index)
+        _check.existing_file(codes, "a codes file from `s5vh encode`")
+        from ..api import add, add_summary
 
         h, report = add(index, codes, on_existing=on_existing, progress=RichProgressSink(quiet=as_json))
-        info = h.info() | report.as_dict()
+        info = add_summary(h, report)
         if as_json:
             print_json(info)
         else:
@@ -132,8 +145,13 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print a JSON summary instead of a table."),
     ) -> None:
         """Remove entries by id, key or path. Every name must exist, else nothing is removed."""
-        from ..api import remove as remove_entries
         from ..errors import InputError
+        from . import _check
+
+        _check.existing_index(index)
+        _check.existing_file(ids_file, "a file of ids, one a line")
+        from ..api import remove as remove_entries
+        from ..api import remove_summary
 
         names = list(ids)
         if ids_file is not None:
@@ -142,7 +160,7 @@ def register(app: typer.Typer) -> None:
             except OSError as e:
                 raise InputError(f"{ids_file}: cannot read ({e.strerror or e})") from None
         h, gone = remove_entries(index, keys=keys, ids=names, paths=paths, progress=RichProgressSink(quiet=as_json))
-        info = h.info() | {"removed": int(gone.size), "removed_keys": gone.tolist()}
+        info = remove_summary(h, gone)
         if as_json:
             print_json(info)
         else:
@@ -164,6 +182,11 @@ def register(app: typer.Typer) -> None:
         as_json: bool = typer.Option(False, "--json", help="Print JSON instead of a table."),
     ) -> None:
         """Show what an index holds and where it came from; --check measures its recall."""
+        from . import _check
+
+        _check.existing_index(index)
+        _check.at_least(k, 1, "-k")
+        _check.at_least(queries, 1, "--queries")
         from ..api import check_recall, open_index, verify_index
 
         progress = RichProgressSink(quiet=as_json)
@@ -203,6 +226,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Copy an index into another backend (faiss file <-> Milvus collection) under the same keys, ids,
         paths and provenance. The source is left as it is."""
+        from . import _check
+
+        _check.existing_index(index)
+        _check.output_file(out)
+        _check.backend(backend)
         from ..api import migrate as migrate_index
 
         h = migrate_index(index, out, backend, index_type, params=_params(nprobe, ef_search, nflip),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.metadata as md
 import platform
 
 import typer
@@ -11,6 +10,8 @@ from ._common import console, print_json
 
 
 def _version(dist: str) -> str | None:
+    import importlib.metadata as md  # not at start-up: every command line would pay for it
+
     try:
         return md.version(dist)
     except md.PackageNotFoundError:

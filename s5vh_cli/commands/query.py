@@ -59,13 +59,26 @@ def register(app: typer.Typer) -> None:
         from ..runtime import prefer_passive_openmp
 
         prefer_passive_openmp()  # before torch loads (the backbone and the encoder, as in extract and encode)
-        from ..api import IndexParams, query
         from ..errors import InputError
+        from . import _check
 
         if as_json and as_jsonl:
             raise InputError("give --json or --jsonl, not both")
         if topk is not None and topk < 1:
             raise InputError(f"--topk must be at least 1, got {topk}")
+        if radius is not None and radius < 0:
+            raise InputError(f"--radius must be at least 0, got {radius}")
+        _check.at_least(batch_size, 1, "--batch-size")
+        _check.existing_index(index)
+        _check.inputs(inputs)
+        _check.existing_file(model, "a model file from `s5vh train`")
+        _check.existing_file(weights, "a backbone weights file")
+        _check.device(device)
+        _check.ssm_backend(ssm_backend)
+        _check.runtime(runtime)
+        _check.precision(precision)
+        from ..api import IndexParams, query
+
         k = topk if topk is not None else (None if radius is not None else 20)
         machine = as_json or as_jsonl
         if hits_per_window < 1:

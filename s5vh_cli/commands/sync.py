@@ -32,6 +32,14 @@ def register(app: typer.Typer) -> None:
         Entries of files outside FOLDER are kept. An interrupted sync resumes where it stopped; the index itself
         changes in one atomic step at the end. Exit code 0, or 2 on error.
         """
+        from . import _check
+
+        _check.existing_dir(folder)
+        _check.existing_index(index)
+        _check.existing_file(model, "a model file from `s5vh train`")
+        _check.existing_file(weights, "a backbone weights file")
+        _check.device(device)
+        _check.at_least(workers, 0, "--workers")
         from ..api import sync
 
         rep = sync(folder, index, model_path=str(model) if model else None, work=work, dry_run=dry_run,

@@ -81,6 +81,19 @@ def train_command(
 
     Several processes: --nproc N here, or `torchrun --nproc-per-node N -m s5vh_cli train ...` on one or many
     machines (docs/scale-out.md); rank 0 writes."""
+    from .. import config
+    from . import _check
+
+    # every argument and path is checked before torch is imported (that alone takes seconds)
+    if threads is not None and threads < 1:
+        raise typer.BadParameter("must be at least 1", param_hint="--threads")
+    _check.at_least(nproc, 1, "--nproc")
+    _check.at_least(max_restarts, 0, "--max-restarts")
+    _check.existing_file(features, "a features file from `s5vh extract`")
+    _check.existing_file(centers, "a centres file from `s5vh centers`")
+    _check.output_file(output)
+    _check.device(device)
+    _check.ssm_backend(ssm_backend)
     if nproc is not None:
         from ..engines.ddp import launch, under_torchrun
 
@@ -89,20 +102,6 @@ def train_command(
         code = launch(nproc, _argv(ctx, drop=("nproc", "max_restarts")),
                       max_restarts=max_restarts)
         raise typer.Exit(code)
-    from ..runtime import prefer_passive_openmp
-
-    prefer_passive_openmp()
-    import torch
-
-    from .. import artifacts, config
-    from ..device import resolve_device
-    from ..engines.ddp import train_engine
-    from ..train import train
-
-    if threads is not None:
-        if threads < 1:
-            raise typer.BadParameter("must be at least 1", param_hint="--threads")
-        torch.set_num_threads(threads)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
     model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, temporal_pool=temporal_pool, tie_directions=tie_directions,
                                decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
@@ -115,6 +114,18 @@ def train_command(
         centers_cfg = config.replace(centers_cfg, seed=seed)
     model_cfg.validate()
     train_cfg.validate()
+    from ..runtime import prefer_passive_openmp
+
+    prefer_passive_openmp()
+    import torch
+
+    from .. import artifacts
+    from ..device import resolve_device
+    from ..engines.ddp import train_engine
+    from ..train import train
+
+    if threads is not None:
+        torch.set_num_threads(threads)
     dev = resolve_device(device)
     engine = train_engine()
     quiet = quiet or not engine.is_writer  # one rank speaks

@@ -9,6 +9,7 @@ model must be the index's model, else the Hamming distances mean nothing and a M
 from __future__ import annotations
 
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -208,6 +209,14 @@ def _encode_windows_like_index(cache: _ModelCache, h: HammingIndex, feats: np.nd
     return out
 
 
+def _clip_precision(precision: str, meta: dict[str, Any]) -> str:
+    """The backbone precision for clips: the one asked for, or with "auto", bfloat16 when the model's training
+    features were made in bfloat16 (clips are embedded as those were)."""
+    if precision == "auto" and (meta.get("features") or {}).get("precision") == "bfloat16":
+        return "bfloat16"
+    return precision
+
+
 def _clip_settings(h: HammingIndex, meta: dict[str, Any]) -> tuple[str, int, str, str]:
     feat = meta.get("features") or {}
 
@@ -238,6 +247,7 @@ class Searcher:
         self.index = index if isinstance(index, HammingIndex) else open_index(index, params=params)
         self.open_s = time.perf_counter() - t0
         self.device, self.batch_size, self.weights = device, batch_size, weights
+        self.params = params
         self.runtime, self.precision = runtime, precision  # of the backbone for clip queries (runtimes/)
         self.progress = progress or NULL
         self._models = _ModelCache(self.index, model_path, device, ssm_backend, self.progress)
@@ -346,6 +356,56 @@ class Searcher:
         return QueryOutcome(index=self.index, queries=queries, results=res, timings=timings,
                             topk=topk if topk else None, radius=radius, scores=scores, rerank=rerank, flip=flip)
 
+    def query_codes(self, codes: np.ndarray, names: list[str] | None = None, topk: int = 20,
+                    radius: int | None = None, exclude_self: bool = False) -> QueryOutcome:
+        """Search with packed codes given in memory (uint8 [n, bits/8]); ``names`` are their ids."""
+        codes = np.ascontiguousarray(codes, dtype=np.uint8)
+        if codes.ndim != 2 or codes.shape[1] * 8 != self.index.bits:
+            raise MismatchError(f"codes of {codes.shape[-1] * 8 if codes.ndim == 2 else '?'} bits given, but "
+                                f"{self.index.path} holds {self.index.bits}-bit codes")
+        return self._outcome(codes, names, {}, topk, radius, exclude_self)
+
+    def query_features(self, feats: np.ndarray, names: list[str] | None = None, topk: int = 20,
+                       radius: int | None = None, exclude_self: bool = False) -> QueryOutcome:
+        """Search with features given in memory (float [n, frames, dim]), encoded with the index's model."""
+        if radius is not None and not 0 <= radius <= self.index.bits:
+            raise InputError(f"--radius must be between 0 and {self.index.bits} (the code length), got {radius}")
+        feats = np.asarray(feats, dtype=np.float32)
+        if feats.ndim != 3 or feats.shape[0] == 0:
+            raise InputError(f"features must be [videos, frames, dim], got shape {list(feats.shape)}")
+        t0 = time.perf_counter()
+        self._models.get()
+        timings = {"model_load_s": time.perf_counter() - t0}
+        t0 = time.perf_counter()
+        codes = _encode(self._models, feats, self.batch_size, self.progress)
+        timings["encode_s"] = time.perf_counter() - t0
+        return self._outcome(codes, names, timings, topk, radius, exclude_self)
+
+    def _outcome(self, codes: np.ndarray, names: list[str] | None, timings: dict[str, float], topk: int,
+                 radius: int | None, exclude_self: bool) -> QueryOutcome:
+        names = list(names) if names else [f"query[{i}]" for i in range(codes.shape[0])]
+        if len(names) != codes.shape[0]:
+            raise InputError(f"{len(names)} names given for {codes.shape[0]} queries")
+        queries = [QueryInput(name=n, id=n, path="", code=c) for n, c in zip(names, codes, strict=True)]
+        res, _, t_search = self.search(queries, topk, radius, exclude_self)  # no descriptors here: no re-ranking
+        return QueryOutcome(index=self.index, queries=queries, results=res, timings={**timings, "search_s": t_search},
+                            topk=topk if topk else None, radius=radius)
+
+    def reopen(self) -> None:
+        """Read the index again from its files (after a write). The loaded model is kept when the index still
+        records the same model (sha256), so only a model change costs a reload."""
+        t0 = time.perf_counter()
+        h = open_index(self.index.path, params=self.params)
+        old = self._models
+        models = _ModelCache(h, old.model_path, old.device, old.ssm_backend, self.progress)
+        if old.model is not None and h.model_sha256 == self.index.model_sha256:
+            models.model, models.meta, models.dev = old.model, old.meta, old.dev
+        self.index, self._models, self.open_s = h, models, time.perf_counter() - t0
+
+    def load_model(self) -> None:
+        """Load the model now rather than at the first clip or features query (raises what that would)."""
+        self._models.get()
+
 
 def _prepare(s: Searcher, inputs: list[str], flip: bool = False,
              hop: float | None = None) -> tuple[list[QueryInput], dict[str, float]]:
@@ -380,23 +440,32 @@ def _prepare(s: Searcher, inputs: list[str], flip: bool = False,
             return
         from ..extract import extract_clips
 
-        t0 = time.perf_counter()
-        cache.get()
-        timings["model_load_s"] += time.perf_counter() - t0
+        loader = _Loader.start_for(cache, h)
+        if loader is None:
+            t0 = time.perf_counter()
+            cache.get()
+            timings["model_load_s"] += time.perf_counter() - t0
         backbone, frames, sampling, bb_sha = _clip_settings(h, cache.meta)
-        prec = precision
-        if prec == "auto" and (cache.meta.get("features") or {}).get("precision") == "bfloat16":
-            prec = "bfloat16"  # clips as the model's training features were made
+        prec = _clip_precision(precision, cache.meta)  # while the model loads its meta is not known yet
         t0 = time.perf_counter()
         paths = [p for _, p in videos]
-        feats, infos = extract_clips(paths, backbone=backbone, frames=frames, sampling=sampling,
-                                     weights=weights, device=device, batch_size=batch_size, runtime=runtime,
-                                     precision=prec, progress=progress)
-        flipped = None
-        if flip:
-            flipped, _ = extract_clips(paths, backbone=backbone, frames=frames, sampling=sampling, weights=weights,
-                                       device=device, batch_size=batch_size, runtime=runtime, precision=prec,
-                                       progress=progress, mirror=True)
+
+        def run_extract(prec: str, mirror: bool = False):  # noqa: ANN202
+            return extract_clips(paths, backbone=backbone, frames=frames, sampling=sampling, weights=weights,
+                                 device=device, batch_size=batch_size, runtime=runtime, precision=prec,
+                                 progress=progress, mirror=mirror)
+
+        try:
+            feats, infos = run_extract(prec)
+        finally:
+            if loader is not None:  # its error (a missing or wrong model) is the one to report first
+                timings["model_load_s"] += loader.finish()
+        if _clip_precision(precision, cache.meta) != prec:
+            # the model, loaded beside the clips, says its features were made in another precision: clips
+            # must be embedded as those were (rare: bfloat16 features; the cold query pays extraction twice)
+            prec = _clip_precision(precision, cache.meta)
+            feats, infos = run_extract(prec)
+        flipped = run_extract(prec, mirror=True)[0] if flip else None  # --flip: the clips' mirror images
         timings["extract_s"] += time.perf_counter() - t0
         got = {i.get("backbone_sha256") for i in infos} - {None, ""}
         if bb_sha and got and got != {bb_sha}:
@@ -475,6 +544,47 @@ def _window_queries_from_codes(c: artifacts.Codes, raw: str) -> list[QueryInput]
                      "end": np.asarray(c.segments["end"])[idx],
                      "descriptors": None if c.descriptors is None else c.descriptors[idx]}
     return list(out.values())
+
+
+class _Loader(threading.Thread):
+    """Loads the model (checkpoint, selective-scan kernel) beside the clips' decoding and backbone pass.
+
+    A cold query pays both; on two cores they overlap (OpenCV decodes without the GIL). Used only when the
+    index itself records how its clips were prepared, so nothing needs the model before the frames.
+    """
+
+    def __init__(self, cache: _ModelCache) -> None:
+        super().__init__(name="s5vh-model-load", daemon=True)
+        self.cache, self.error, self.seconds = cache, None, 0.0
+
+    @classmethod
+    def start_for(cls, cache: _ModelCache, h: HammingIndex) -> _Loader | None:
+        if cache.model is not None:
+            return None
+        try:
+            _clip_settings(h, {})
+        except InputError:
+            return None  # the settings come from the model's metadata: load it first
+        import torch  # noqa: F401 - imported once here, before two threads need it
+
+        from .. import checkpoint, device  # noqa: F401
+        loader = cls(cache)
+        loader.start()
+        return loader
+
+    def run(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            self.cache.get()
+        except BaseException as e:  # handed to the caller's thread by finish()
+            self.error = e
+        self.seconds = time.perf_counter() - t0
+
+    def finish(self) -> float:
+        self.join()
+        if self.error is not None:
+            raise self.error
+        return self.seconds
 
 
 def _self_keys(h: HammingIndex, queries: list[QueryInput]) -> list[set[int]]:

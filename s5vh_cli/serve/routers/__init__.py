@@ -1,0 +1,1 @@
+"""One router per concern: queries, the library (index info, add, remove, sync), duplicates, the server itself."""
