@@ -88,6 +88,9 @@ def train_command(
     if threads is not None and threads < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--threads")
     _check.at_least(nproc, 1, "--nproc")
+    _check.at_least(epochs, 1, "--epochs")  # leave it out for the schedule chosen from the library size
+    _check.at_least(batch_size, 2, "--batch-size")
+    _check.at_least(temporal_pool, 1, "--temporal-pool")
     _check.at_least(max_restarts, 0, "--max-restarts")
     _check.existing_file(features, "a features file from `s5vh extract`")
     _check.existing_file(centers, "a centres file from `s5vh centers`")
@@ -103,8 +106,9 @@ def train_command(
                       max_restarts=max_restarts)
         raise typer.Exit(code)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
-    model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, temporal_pool=temporal_pool, tie_directions=tie_directions,
-                               decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
+    model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, temporal_pool=temporal_pool,
+                               tie_directions=tie_directions, decoder_order=decoder_order, mamba_init=mamba_init,
+                               centers_mode=centers_mode)
     train_cfg = config.replace(train_cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                val_fraction=val_fraction, label_pred=label_pred, mask_ratio=mask_ratio,
                                alpha=alpha, a_cluster=a_cluster, weight_decay=weight_decay,
