@@ -77,6 +77,14 @@ REGISTRY = {
     "cosine": Method("float cosine (mean features, no bits)", "float", default=False),
     "s5vh_defaults": Method("S5VH as published, `s5vh train` defaults", "learnt", ("--behaviour", "paper"),
                             run_settings=False, default=False),
+    # options beyond the paper (issue 13); the views need training features from `s5vh extract --views N`
+    "s5vh_reverse": Method("S5VH + reverse negatives", "learnt", ("--behaviour", "paper", "--reverse-negatives"),
+                           default=False),
+    "s5vh_views": Method("S5VH + transformed views", "learnt", ("--behaviour", "paper", "--transformed-views"),
+                         default=False),
+    "s5vh_views_reverse": Method("S5VH + views + reverse negatives", "learnt",
+                                 ("--behaviour", "paper", "--transformed-views", "--reverse-negatives"),
+                                 default=False),
 }
 METHODS = tuple(REGISTRY)
 DEFAULT_METHODS = tuple(m for m, spec in REGISTRY.items() if spec.default)

@@ -16,9 +16,9 @@ _s5vh() {
         "centers") COMPREPLY=($(compgen -W "-o --out --clusters -k --bits --pca-dim --seed --preset --json --quiet -q -h --help" -- "$cur")) ;;
         "dedup") COMPREPLY=($(compgen -W "--radius -r --json --jsonl --csv --html --move-to --manifest --undo --model --index --device --workers -h --help" -- "$cur")) ;;
         "demo") COMPREPLY=($(compgen -W "--out -o --per-class --frames --bits --epochs --topk --threads -h --help" -- "$cur")) ;;
-        "encode") COMPREPLY=($(compgen -W "-o --output --batch-size --device --ssm-backend --threads --engine --ray-address --quiet -q -h --help" -- "$cur")) ;;
+        "encode") COMPREPLY=($(compgen -W "-o --output --batch-size --device --ssm-backend --descriptor --descriptor-frames --segment --hop --threads --engine --ray-address --quiet -q -h --help" -- "$cur")) ;;
         "eval") COMPREPLY=($(compgen -W "--labels -l --database -d --db-labels --protocol --labels-key --db-labels-key --model --k --no-full-map --plots --device --ssm-backend --batch-size --json -h --help" -- "$cur")) ;;
-        "extract") COMPREPLY=($(compgen -W "-o --output --frames --fps --backbone --weights --batch-size --workers --device --dtype --strict --threads --runtime --precision --decoder --engine --ray-address --quiet -q --json -h --help" -- "$cur")) ;;
+        "extract") COMPREPLY=($(compgen -W "-o --output --frames --fps --backbone --weights --batch-size --workers --device --dtype --views --view-seed --strict --threads --runtime --precision --decoder --engine --ray-address --quiet -q --json -h --help" -- "$cur")) ;;
         "index") COMPREPLY=($(compgen -W "-h --help add build info migrate remove" -- "$cur")) ;;
         "index add") COMPREPLY=($(compgen -W "--on-existing --json -h --help" -- "$cur")) ;;
         "index build") COMPREPLY=($(compgen -W "-o --out --type -t --nprobe --ef-search --nflip --backend --uri --collection --nlist --replace-collection --json -h --help" -- "$cur")) ;;
@@ -26,10 +26,10 @@ _s5vh() {
         "index migrate") COMPREPLY=($(compgen -W "-o --out --backend --type -t --uri --collection --nlist --replace-collection --nprobe --ef-search --nflip --json -h --help" -- "$cur")) ;;
         "index remove") COMPREPLY=($(compgen -W "--id --key --path --ids-file --json -h --help" -- "$cur")) ;;
         "info") COMPREPLY=($(compgen -W "--device --json -h --help" -- "$cur")) ;;
-        "query") COMPREPLY=($(compgen -W "--topk -k --radius -r --exclude-self --json --jsonl --model --weights --device --ssm-backend --batch-size --runtime --precision --nprobe --ef-search --nflip -h --help" -- "$cur")) ;;
+        "query") COMPREPLY=($(compgen -W "--topk -k --radius -r --exclude-self --json --jsonl --model --weights --device --ssm-backend --batch-size --runtime --precision --nprobe --ef-search --nflip --rerank --flip --hop --hits-per-window -h --help" -- "$cur")) ;;
         "serve") COMPREPLY=($(compgen -W "--host --port --root --token-file --max-upload-mb --clip-workers --topk -k --model --weights --device --ssm-backend --batch-size --runtime --precision --warm --no-warm --access-log -h --help" -- "$cur")) ;;
         "sync") COMPREPLY=($(compgen -W "--model --work --dry-run -n --weights --device --workers --json -h --help" -- "$cur")) ;;
-        "train") COMPREPLY=($(compgen -W "--centers -o --output --bits --preset --behaviour --epochs --batch-size --lr --encoder --device --ssm-backend --resume --seed --val-fraction --threads --mask-ratio --alpha --a-cluster --weight-decay --warm-up-epochs --tie-directions --no-tie-directions --decoder-order --mamba-init --centers-mode --label-pred --force --nproc --max-restarts --quiet -q -h --help" -- "$cur")) ;;
+        "train") COMPREPLY=($(compgen -W "--centers -o --output --bits --method --preset --behaviour --epochs --batch-size --lr --encoder --device --ssm-backend --resume --seed --val-fraction --threads --mask-ratio --alpha --a-cluster --weight-decay --warm-up-epochs --tie-directions --no-tie-directions --decoder-order --mamba-init --centers-mode --label-pred --transformed-views --no-transformed-views --temporal-pool --reverse-negatives --no-reverse-negatives --force --nproc --max-restarts --quiet -q -h --help" -- "$cur")) ;;
     esac
     if [[ ${#COMPREPLY[@]} -eq 0 && "$cur" != -* ]]; then
         COMPREPLY=($(compgen -f -- "$cur"))

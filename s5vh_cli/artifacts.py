@@ -526,6 +526,7 @@ class Features:
     meta: dict[str, np.ndarray] = field(default_factory=dict)
     attrs: dict[str, Any] = field(default_factory=dict)
     sha256: str = ""
+    views: np.ndarray | None = None  # [N, V, T, D] transformed renderings (``extract --views``), else None
 
     @property
     def n(self) -> int:
@@ -565,6 +566,16 @@ def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_ha
         meta = {}
         if "meta" in h5:
             meta = {k: h5["meta"][k][()] for k in h5["meta"]}
+        views = None
+        if "views" in h5:
+            views = h5["views"][()]
+            if views.ndim != 4 or views.shape[0] != n or views.shape[2:] != feats.shape[1:]:
+                raise ArtifactError(f"{path}: 'views' has shape {views.shape}, expected [{n}, V, {feats.shape[1]}, "
+                                    f"{feats.shape[2]}]")
+            if views.dtype == np.float64:
+                views = views.astype(np.float32)
+            if check_finite and not np.isfinite(views).all():
+                raise ArtifactError(f"{path}: 'views' holds NaN or infinite values")
         out = Features(
             path=Path(path),
             feats=feats,
@@ -575,6 +586,7 @@ def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_ha
             sampling=_attr_str(h5, "sampling", "unknown"),
             meta=meta,
             attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+            views=views,
         )
     if with_hash:
         out.sha256 = sha256_file(path)
@@ -583,7 +595,8 @@ def read_features(path: str | os.PathLike, *, check_finite: bool = True, with_ha
 
 def write_features(path: str | os.PathLike, feats: np.ndarray, ids: list[str], paths: list[str], *,
                    backbone: str, backbone_sha256: str, sampling: str, meta: dict[str, np.ndarray] | None = None,
-                   failures: list[tuple[str, str]] | None = None, prov: dict[str, Any]) -> None:
+                   failures: list[tuple[str, str]] | None = None, prov: dict[str, Any],
+                   views: np.ndarray | None = None) -> None:
     """Write a complete feature artifact atomically (extract writes incrementally, then finalises with this layout)."""
     feats = np.asarray(feats)
     if feats.ndim != 3 or len(ids) != feats.shape[0] or len(paths) != feats.shape[0]:
@@ -593,6 +606,9 @@ def write_features(path: str | os.PathLike, feats: np.ndarray, ids: list[str], p
         h5.attrs.update({"backbone": backbone, "backbone_sha256": backbone_sha256, "sampling": sampling,
                          "frames": feats.shape[1], "feature_dim": feats.shape[2]})
         h5.create_dataset("feats", data=feats, chunks=(1, *feats.shape[1:]))
+        if views is not None and views.shape[1] > 0:
+            h5.attrs["views"] = int(views.shape[1])
+            h5.create_dataset("views", data=np.asarray(views), chunks=(1, *views.shape[1:]))
         _write_ids_paths(h5, list(ids), list(paths))
         g = h5.create_group("meta")
         for k, v in (meta or {}).items():
@@ -700,10 +716,19 @@ class Codes:
     model_sha256: str = ""
     attrs: dict[str, Any] = field(default_factory=dict)
     meta: dict[str, np.ndarray] = field(default_factory=dict)  # per-video records (RECORD_FIELDS), each [N]
+    descriptors: np.ndarray | None = None  # float16 [N, L] ("soft") or [N, F, L] ("frames"); see descriptors.py
+    segments: dict[str, Any] | None = None  # window rows (encode --segment): video_id [N], start [N], end [N] s
 
     @property
     def n(self) -> int:
         return int(self.codes.shape[0])
+
+    @property
+    def descriptor(self) -> str:
+        """Kind of the stored descriptors: none, soft or frames."""
+        if self.descriptors is None:
+            return "none"
+        return "soft" if self.descriptors.ndim == 2 else "frames"
 
 
 def write_codes(path: str | os.PathLike, c: Codes, prov: dict[str, Any], extra_attrs: dict[str, Any] | None = None) -> None:
@@ -716,6 +741,16 @@ def write_codes(path: str | os.PathLike, c: Codes, prov: dict[str, Any], extra_a
         for k, v in (extra_attrs or {}).items():
             h5.attrs[k] = v
         h5.create_dataset("codes", data=c.codes)
+        if c.descriptors is not None:
+            if c.descriptors.shape[0] != c.n or c.descriptors.ndim not in (2, 3):
+                raise ArtifactError(f"descriptors must be [N, L] or [N, F, L] with N = {c.n}")
+            h5.attrs["descriptor"] = c.descriptor
+            h5.create_dataset("descriptors", data=np.asarray(c.descriptors, dtype=np.float16))
+        if c.segments is not None:
+            g = h5.create_group("segments")
+            g.create_dataset("video_id", data=np.array(list(c.segments["video_id"]), dtype=object), dtype=STR)
+            g.create_dataset("start", data=np.asarray(c.segments["start"], np.float64))
+            g.create_dataset("end", data=np.asarray(c.segments["end"], np.float64))
         _write_ids_paths(h5, c.ids, c.paths)
         if c.meta:
             write_records(h5, video_records(c.meta, c.n), c.n)
@@ -728,9 +763,23 @@ def read_codes(path: str | os.PathLike) -> Codes:
         if codes.dtype != np.uint8 or codes.ndim != 2 or codes.shape[1] * 8 != bits:
             raise ArtifactError(f"{path}: 'codes' has shape {codes.shape} / dtype {codes.dtype}; expected uint8 [N, {bits // 8}]")
         n = codes.shape[0]
+        desc = None
+        if "descriptors" in h5:
+            desc = h5["descriptors"][()]
+            if desc.ndim not in (2, 3) or desc.shape[0] != n or desc.dtype.kind != "f":
+                raise ArtifactError(f"{path}: 'descriptors' has shape {desc.shape} / dtype {desc.dtype}; expected "
+                                    f"float [{n}, L] or [{n}, F, L]")
+        segments = None
+        if "segments" in h5:
+            g = h5["segments"]
+            segments = {"video_id": [str(x) for x in g["video_id"].asstr()[()]], "start": g["start"][()],
+                        "end": g["end"][()]}
+            if any(len(v) != n for v in segments.values()):
+                raise ArtifactError(f"{path}: 'segments' does not have one entry per code")
         return Codes(path=Path(path), codes=codes, ids=_read_strings(h5, "ids", n), paths=_read_strings(h5, "paths", n),
                      bits=bits, model_sha256=_attr_str(h5, "model_sha256"),
                      attrs={k: (v.decode() if isinstance(v, bytes) else v) for k, v in h5.attrs.items()},
+                     descriptors=desc, segments=segments,
                      meta=read_records(h5, n) if "meta" in h5 else {})
 
 

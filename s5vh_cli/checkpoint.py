@@ -131,11 +131,21 @@ def load_model(path: str | os.PathLike, device: str | torch.device = "cpu",
     except S5VHError as e:
         raise ArtifactError(f"{path}: bad model_config ({e})") from None
     try:
-        check_weights_fit(cfg, data["state_dict"])  # before anything is built from the config
+        if cfg.method == "s5vh":
+            check_weights_fit(cfg, data["state_dict"])  # before anything is built from the config
+        else:
+            from .linear import check_linear_weights_fit
+
+            check_linear_weights_fit(cfg, data["state_dict"])
     except S5VHError as e:
         raise ArtifactError(f"{path}: weights do not fit the stored model_config ({e})") from None
     try:
-        model = S5VH(cfg, ssm_backend=ssm_backend)
+        if cfg.method == "s5vh":
+            model = S5VH(cfg, ssm_backend=ssm_backend)
+        else:
+            from .linear import LinearHash
+
+            model = LinearHash(cfg)
         model.load_state_dict(data["state_dict"], strict=True)
     except RuntimeError as e:
         raise ArtifactError(f"{path}: weights do not fit the stored model_config "

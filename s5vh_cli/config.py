@@ -21,8 +21,12 @@ RELEASED_TRAIN = {
 }
 
 
+METHODS = ("s5vh", "itq", "lsh")
+
+
 @dataclass
 class ModelConfig:
+    method: str = "s5vh"  # "s5vh" (trained model) or a training-free projection: "itq", "lsh" (s5vh_cli/linear.py)
     feature_dim: int = 1280
     frames: int = 25  # T: the model is built for exactly this many frames per video
     bits: int = 64
@@ -43,12 +47,17 @@ class ModelConfig:
     n_clusters: int = 100
     centers_mode: str = "fixed"  # or "learned" (released)
     code_tie: str = "plus_one"  # video bit when frame votes tie exactly: +1 (binary codes need a side)
+    # Pool frame codes over this many consecutive stretches of time instead of the whole video: bit block s of the
+    # code (bits/K bits) comes from the frames of stretch s only, so the code changes when the order does. 1 = the
+    # paper's mean over all frames.
+    temporal_pool: int = 1
 
     def validate(self) -> ModelConfig:
         """Types and ranges of every field, so that an ill-typed or absurd config (from a damaged or crafted model
         file) is one clear line before anything is built."""
-        for name in ("encoder", "decoder_order", "mamba_init", "centers_mode", "code_tie"):
+        for name in ("method", "encoder", "decoder_order", "mamba_init", "centers_mode", "code_tie"):
             _is(name, getattr(self, name), str)
+        _choice("method", self.method, METHODS)
         _choice("encoder", self.encoder, ("mamba", "transformer"))
         _choice("decoder_order", self.decoder_order, ("temporal", "visible_then_masked"))
         _choice("mamba_init", self.mamba_init, ("mamba", "xavier"))
@@ -59,6 +68,9 @@ class ModelConfig:
             _int_in(name, getattr(self, name), lo, hi)
         if self.bits % 8:
             raise InputError(f"bits must be a positive multiple of 8, got {self.bits}")
+        if self.bits % self.temporal_pool or self.temporal_pool > self.frames:
+            raise InputError(f"temporal_pool {self.temporal_pool} must divide bits {self.bits} and be at most the "
+                             f"{self.frames} frames")
         _is("drop_path", self.drop_path, (int, float))
         if not 0.0 <= float(self.drop_path) < 1.0:
             raise InputError(f"drop_path must be in [0, 1), got {self.drop_path}")
@@ -72,6 +84,7 @@ class ModelConfig:
 # Bounds of the integer fields of ModelConfig: far beyond any real model, tight enough that a damaged or crafted
 # config cannot ask for gigabytes (the weights' shapes are checked against the config before anything is built).
 _MODEL_INT_RANGES = {
+    "temporal_pool": (1, 64),
     "feature_dim": (1, 1 << 16), "frames": (2, 10_000), "bits": (8, 4096), "d_model": (1, 1 << 14),
     "depth": (1, 512), "dec_d_model": (1, 1 << 14), "dec_depth": (1, 512), "d_state": (1, 1024),
     "d_conv": (1, 64), "expand": (1, 64), "n_heads": (1, 1024), "ffn_dim": (1, 1 << 16), "n_clusters": (1, 1 << 20),
@@ -99,8 +112,11 @@ def _short_repr(value: Any) -> str:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 100
-    batch_size: int = 128
+    # 0 = chosen from the library size (resolve_schedule): batch min(128, max(16, n/8)), then enough epochs for
+    # about `auto_steps` optimizer steps, at least 3 and at most 60. The named presets give the released values.
+    epochs: int = 0
+    batch_size: int = 0
+    auto_steps: int = 200
     lr: float = 5e-4
     min_lr: float = 1e-5
     weight_decay: float = 1e-4
@@ -116,13 +132,23 @@ class TrainConfig:
     seed: int = 1
     val_fraction: float = 0.0  # optional held-out split of the TRAINING file for model selection
     eval_every: int = 0  # epochs between validation evaluations when val_fraction > 0 (0: every epoch)
+    # views and negatives beyond the paper (each off in the method as published)
+    transformed_views: bool = False  # the two views of a video come from two different renderings (the plain
+    # one and the `extract --views` ones, chosen at random), each then masked as the paper does
+    reverse_negatives: bool = False  # each video's time-reversed sequence is an extra (hard) negative of the
+    # contrastive term, so that the code must change when the order of frames does
+    # training-free methods (ModelConfig.method itq / lsh)
+    linear_fit: str = "auto"  # fit on mean features ("means"), on every frame ("frames"), or "auto": means when
+    # there are at least `bits` videos (ITQ's PCA needs as many rows as bits), else frames
+    itq_iters: int = 50
 
     def validate(self) -> TrainConfig:
         _choice("label_pred", self.label_pred, ("paper", "released"))
+        _choice("linear_fit", self.linear_fit, ("auto", "means", "frames"))
         if not 0.0 < self.mask_ratio < 1.0:
             raise InputError(f"mask_ratio must be in (0, 1), got {self.mask_ratio}")
-        if self.epochs < 1 or self.batch_size < 2:
-            raise InputError("epochs must be >= 1 and batch_size >= 2")
+        if self.epochs < 0 or self.batch_size < 0 or self.batch_size == 1:
+            raise InputError("epochs must be >= 1 and batch_size >= 2 (or 0: chosen from the library size)")
         if not 0.0 <= self.val_fraction < 0.5:
             raise InputError(f"val_fraction must be in [0, 0.5), got {self.val_fraction}")
         return self
@@ -160,6 +186,8 @@ class ExtractConfig:
     sampling: str = "uniform"  # "uniform" (T frames spread over the video) or "fps=RATE" (first T at RATE/s)
     batch_size: int = 32  # frames per forward pass
     dtype: str = "float32"  # stored feature dtype: float32 or float16
+    views: int = 0  # extra transformed renderings per video (s5vh_cli/views.py), stored as 'views' [N, V, T, D]
+    view_seed: int = 0  # seeds the views' random edits (with each video's id)
     runtime: str = "auto"  # backbone runtime: auto, torch, onnxruntime, openvino (s5vh_cli/runtimes)
     precision: str = "auto"  # compute precision: auto (float32 on CPU, float16 on CUDA), float32, bfloat16, float16
     decoder: str = "auto"  # video decoder: auto (PyAV when installed, else OpenCV), pyav, opencv
@@ -191,7 +219,7 @@ class ServeConfig:
 
 # Released configs (configs/S5VH/{fcv,act,ucf,hmdb}.py). Values are the released files'; see docs for log diffs.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "default": {"model": {}, "train": {}, "centers": {}},
+    "default": {"model": {}, "train": {}, "centers": {}},  # epochs and batch chosen from the library size
     "fcv": {
         "model": {"feature_dim": 4096, "frames": 25, "n_clusters": 450},
         "train": {"epochs": 500, "batch_size": 512, "mask_ratio": 0.75, "alpha": 2.5, "tau_plus": 0.1,
@@ -223,6 +251,22 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "centers": {"n_clusters": 8, "pca_dim": 64},
     },
 }
+
+
+AUTO_MIN_EPOCHS, AUTO_MAX_EPOCHS = 3, 60
+
+
+def resolve_schedule(cfg: TrainConfig, n_train: int) -> TrainConfig:
+    """Concrete batch size and epochs for ``n_train`` videos where ``cfg`` leaves them at 0 (auto).
+
+    Batch: min(128, max(16, n / 8)), never more than the library. Epochs: about ``auto_steps`` optimizer steps,
+    between 3 and 60. A few dozen videos get tens of epochs of a few steps each, a few thousand a handful of
+    epochs; never 100 epochs of a single step.
+    """
+    batch = cfg.batch_size or min(128, max(16, n_train // 8), max(2, n_train))
+    steps = max(1, -(-n_train // batch))
+    epochs = cfg.epochs or min(AUTO_MAX_EPOCHS, max(AUTO_MIN_EPOCHS, -(-cfg.auto_steps // steps)))
+    return dataclasses.replace(cfg, batch_size=batch, epochs=epochs)
 
 
 def _choice(name: str, value: str, allowed: tuple[str, ...]) -> None:

@@ -193,10 +193,11 @@ def file_records(path: str) -> dict[str, Any]:
     return {"file_size": int(st.st_size), "file_mtime_ns": int(st.st_mtime_ns), "file_sha256": sha256_file(path)}
 
 
-def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int,
-                decoder: str = "auto", records: bool = True) -> tuple[str, Any]:
+def _decode_job(path: str, frames: int, sampling: str, size: int, resize: int, decoder: str = "auto",
+                views: int = 0, view_seed: int = 0, view_key: str = "", records: bool = True) -> tuple[str, Any]:
     try:
-        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize, decoder=decoder)
+        clip = _video.read_frames(path, frames, sampling, size=size, resize=resize, decoder=decoder, views=views,
+                                  view_seed=view_seed, view_key=view_key)
         if records:
             clip.file = file_records(path)
         return "ok", clip
@@ -217,10 +218,10 @@ def _reason(msg: str, path: str) -> str:
 def _decoded(jobs: list[tuple[str, str]], cfg: ExtractConfig, size: int, resize: int,
              workers: int) -> Iterator[tuple[str, str, str, Any]]:
     """Yield (id, path, "ok"|"err", Clip|reason) in input order, decoding ``workers`` videos at a time."""
-    args = (cfg.frames, cfg.sampling, size, resize, cfg.decoder)
+    args = (cfg.frames, cfg.sampling, size, resize, cfg.decoder, cfg.views, cfg.view_seed)
     if workers <= 0:
         for vid, path in jobs:
-            yield (vid, path, *_decode_job(path, *args))
+            yield (vid, path, *_decode_job(path, *args, vid))
         return
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -241,7 +242,7 @@ def _decoded(jobs: list[tuple[str, str]], cfg: ExtractConfig, size: int, resize:
                     j = retry.popleft()
                 else:
                     j, nxt = nxt, nxt + 1
-                pending.append((j, pool.submit(_decode_job, jobs[j][1], *args)))
+                pending.append((j, pool.submit(_decode_job, jobs[j][1], *args, jobs[j][0])))
             i, fut = pending.popleft()
             try:
                 status, value = fut.result()
@@ -331,7 +332,7 @@ class _Journal:
 
     def payload(self, at: int) -> bytes:
         s = self.settings
-        size = int(s["frames"]) * int(s["feature_dim"]) * np.dtype(s["dtype"]).itemsize
+        size = (1 + int(s.get("views", 0))) * int(s["frames"]) * int(s["feature_dim"]) * np.dtype(s["dtype"]).itemsize
         return os.pread(self.f.fileno(), size, at)
 
     def add_failure(self, path: str, reason: str) -> None:
@@ -367,12 +368,16 @@ def _open_journal(out: Path, settings: dict[str, Any], progress: Progress) -> _J
             ids = list(h5["ids"].asstr()[()])
             paths = list(h5["paths"][()])
             meta = {k: h5["meta"][k][()] for k in _META_KEYS if "meta" in h5 and k in h5["meta"]}
+            has_views = int(settings.get("views", 0)) > 0
             for i in range(len(ids)):  # row by row: the output may be larger than memory
                 head: dict[str, Any] = {"id": ids[i], "path": bytes(paths[i]).hex()}
                 for k, v in meta.items():
                     x = v[i].tolist()
                     head[k] = x.decode() if isinstance(x, bytes) else x
-                j.add_video(head, h5["feats"][i].astype(dtype))
+                row = h5["feats"][i].astype(dtype)
+                if has_views:
+                    row = np.concatenate([row[None], h5["views"][i].astype(dtype)])
+                j.add_video(head, row)
         j.from_finished = True
         progress.log(f"{out}: {len(ids)} video(s) already extracted; new ones will be appended")
     j.commit()
@@ -388,8 +393,9 @@ def _finished_ids(out: Path, settings: dict[str, Any]) -> set[str]:
         return set(h5["ids"].asstr()[()]) if "ids" in h5 else set()
 
 
-_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess",
-                 "precision")
+_SETTING_KEYS = ("backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "dtype", "preprocess", "views",
+                 "view_seed", "precision")
+_SETTING_DEFAULTS = {"views": 0, "view_seed": 0}  # files made before views existed have neither attribute
 _OPTIONAL_KEYS = {"precision"}  # absent from files made before it was recorded: not compared then
 _META_KEYS = ("duration", "fps", "frame_count", "valid_frames", "frame_times", "frame_indices", "width", "height",
               "file_size", "file_mtime_ns", "file_sha256")
@@ -409,6 +415,10 @@ def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> No
     diff = []
     for k in _SETTING_KEYS:
         a, b = old.get(k), new.get(k)
+        if a is None:
+            a = _SETTING_DEFAULTS.get(k)
+        if b is None:
+            b = _SETTING_DEFAULTS.get(k)
         if isinstance(a, (np.integer, np.floating)):
             a = a.item()
         if isinstance(a, bytes):
@@ -425,6 +435,7 @@ def _check_settings(where: Path, old: dict[str, Any], new: dict[str, Any]) -> No
 def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) -> None:
     s = j.settings
     n, t, d = len(j.rows), int(s["frames"]), int(s["feature_dim"])
+    nv = int(s.get("views", 0))
     dtype = np.dtype(s["dtype"])
     with atomic_output(out) as tmp:
         import h5py
@@ -436,12 +447,16 @@ def _finalise(j: _Journal, out: Path, cfg: ExtractConfig, prov: dict[str, Any]) 
                     h5.attrs[k] = s[k]
             h5.attrs["weights_file"] = s.get("weights_file", "")
             feats = h5.create_dataset("feats", shape=(n, t, d), dtype=dtype, chunks=(1, t, d))
+            views = h5.create_dataset("views", shape=(n, nv, t, d), dtype=dtype, chunks=(1, nv, t, d)) if nv else None
             ids = h5.create_dataset("ids", shape=(n,), dtype=STR)
             paths = h5.create_dataset("paths", shape=(n,), dtype=BYTES)
             meta = {k: _meta_column(k, n, t) for k in _META_KEYS}
             j.f.flush()
             for i, (head, at) in enumerate(j.rows):
-                feats[i] = np.frombuffer(j.payload(at), dtype=dtype).reshape(t, d)
+                row = np.frombuffer(j.payload(at), dtype=dtype).reshape(1 + nv, t, d)
+                feats[i] = row[0]
+                if views is not None:
+                    views[i] = row[1:]
                 ids[i] = head["id"]
                 paths[i] = encode_path(os.fsdecode(bytes.fromhex(head["path"])))
                 for k in _META_KEYS:
@@ -518,6 +533,22 @@ def embed_clips(embedder, clips: list[Any], videos: int) -> np.ndarray:
     return _embed(embedder, [*clips, pad])[:n]
 
 
+def embed_views(embedder, clips: list[Any], videos: int) -> list[np.ndarray]:
+    """Features of each clip's transformed renderings (``Clip.views`` [V, T, ...]): one float32 [V * T, D] per
+    clip, in passes of ``videos`` renderings (``embed_clips``, so the pass size never changes the rows)."""
+    flat = [(k, v) for k, c in enumerate(clips) for v in c.views]
+    out: list[list[np.ndarray]] = [[] for _ in clips]
+    t = len(flat[0][1]) if flat else 0
+    for s in range(0, len(flat), videos):
+        part = flat[s:s + videos]
+        f = embed_clips(embedder, [_video.Clip(path="", frames=v, indices=np.zeros(0), times=np.zeros(0),
+                                               frame_count=0, fps=0.0, duration=0.0, valid=0) for _, v in part],
+                        videos)
+        for i, (k, _) in enumerate(part):
+            out[k].append(f[i * t:(i + 1) * t])
+    return [np.concatenate(o) if o else np.zeros((0, 0), np.float32) for o in out]
+
+
 def _row_head(vid: str, clip: Any) -> dict[str, Any]:
     return {"id": vid, "path": os.fsencode(clip.path).hex(), "duration": float(clip.duration),
             "fps": float(clip.fps), "frame_count": int(clip.frame_count), "valid_frames": int(clip.valid),
@@ -549,6 +580,8 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
         raise InputError("--frames and --batch-size must be at least 1")
     if cfg.dtype not in ("float32", "float16"):
         raise InputError(f"dtype must be float32 or float16, got {cfg.dtype!r}")
+    if cfg.views < 0:
+        raise InputError(f"views must be 0 or more, got {cfg.views}")
     out = Path(out)
     if out.is_dir():
         raise InputError(f"{out}: is a folder, expected an output file name such as feats.h5")
@@ -570,10 +603,14 @@ def extract(inputs: list[str], out: str | os.PathLike, *, config: ExtractConfig 
 
         torch.set_num_threads(threads)
     engine = engine or LocalEngine(workers=workers)
+    if cfg.views and engine.name != "local":
+        engine.close()
+        raise InputError(f"--views runs on the local engine only, not {engine.name}")
     plan = ExtractPlan(backbone=cfg.backbone, weights=weights, frames=cfg.frames, sampling=str(sampling),
                        size=spec.input_size, resize=spec.resize,
                        videos_per_pass=videos_per_pass(cfg.batch_size, cfg.frames), device=device,
-                       runtime=cfg.runtime, precision=cfg.precision, decoder=cfg.decoder, threads=threads)
+                       runtime=cfg.runtime, precision=cfg.precision, decoder=cfg.decoder, threads=threads,
+                       views=cfg.views, view_seed=cfg.view_seed)
     try:
         return _extract(engine, plan, items, out, cfg, spec, progress, notes, allow_empty)
     finally:
@@ -589,7 +626,7 @@ def _extract(engine: ExtractEngine, plan: ExtractPlan, items: list[tuple[str, st
     settings = {"backbone": cfg.backbone, "backbone_sha256": model.weights_sha256, "sampling": plan.sampling,
                 "frames": cfg.frames, "feature_dim": spec.feature_dim, "dtype": cfg.dtype,
                 "preprocess": preprocess_string(spec.input_size, spec.resize), "precision": model.precision,
-                "weights_file": os.path.basename(model.weights_path)}
+                "weights_file": os.path.basename(model.weights_path), "views": cfg.views, "view_seed": cfg.view_seed}
 
     def prov() -> dict[str, Any]:  # after the run: an engine may learn what its workers resolved ("auto")
         run_cfg = asdict(cfg) | {"sampling": plan.sampling} | model.record
@@ -673,7 +710,7 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, engine: E
                 continue  # failures alone are committed with the next rows
             j.commit()  # a kill after this point loses nothing of this batch
             extracted += done
-            frames_done += done * cfg.frames
+            frames_done += done * cfg.frames * (1 + cfg.views)  # plain frames and views' frames
             dt = max(time.perf_counter() - t0, 1e-9)
             progress.advance(done, **{"videos/s": extracted / dt, "frames/s": frames_done / dt,
                                       "failed": len(j.failures)})
@@ -687,9 +724,12 @@ def _run(j: _Journal, todo: list[tuple[str, str]], cfg: ExtractConfig, engine: E
 # ----------------------------------------------------------------------------------------------------------
 def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str, weights: str | None = None,
                   device: str = "auto", batch_size: int = 32, runtime: str = "auto", precision: str = "auto",
-                  decoder: str = "auto", threads: int | None = None,
-                  progress: Progress | None = None) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                  decoder: str = "auto", threads: int | None = None, progress: Progress | None = None,
+                  mirror: bool = False) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """Features of a few clips with exactly the sampling and preprocessing a features artifact records.
+
+    ``mirror``: the features of the clips' mirror images (each frame flipped left-right after the centre crop,
+    which is the centre crop of the flipped frame), for queries that must also find mirrored copies.
 
     ``sampling`` is the artifact's ``sampling`` attribute ("uniform" or "fps=RATE"). Returns float32
     [n, frames, D] and one dict per clip (path, duration, fps, frame_count, valid_frames, frame_times,
@@ -725,6 +765,8 @@ def extract_clips(paths: list[str], *, backbone: str, frames: int, sampling: str
         for i, p in enumerate(paths):
             clip = _video.read_frames(str(p), frames, samp, size=spec.input_size, resize=spec.resize,
                                       decoder=decoder)
+            if mirror:
+                clip.frames = np.ascontiguousarray(clip.frames[:, :, ::-1])
             head = _row_head(str(p), clip)
             head["path"] = str(p)
             head["backbone_sha256"] = model.weights_sha256

@@ -22,11 +22,15 @@ def reconstruction_loss(pred: Tensor | Sequence[Tensor], target: Tensor | Sequen
     return sum((F.mse_loss(p, t) for p, t in zip(pred, target, strict=True)), torch.zeros((), device=pred[0].device))
 
 
-def dcl_loss(u: Tensor, v: Tensor, temperature: float = 0.5, tau_plus: float = 0.1) -> Tensor:
+def dcl_loss(u: Tensor, v: Tensor, temperature: float = 0.5, tau_plus: float = 0.1,
+             hard: Tensor | None = None) -> Tensor:
     """Debiased contrastive loss (Chuang et al. 2020) between two views' mean codes ``u, v`` [B, L].
 
     Both are L2-normalised; each of the 2B anchors has its partner as positive and the other 2B-2 vectors as
     negatives. The debiased negative mass is clamped below at N*exp(-1/temperature), N = 2B-2.
+
+    ``hard`` [B, L], optional: one known negative per video (e.g. its time-reversed sequence), added to the
+    denominator of both of its anchors as it is (it is certainly a negative, so it is not debiased).
     """
     b = u.shape[0]
     if b < 2:
@@ -44,6 +48,9 @@ def dcl_loss(u: Tensor, v: Tensor, temperature: float = 0.5, tau_plus: float = 0
     n = 2 * b - 2
     ng = (neg.sum(dim=-1) - tau_plus * n * pos) / (1.0 - tau_plus)
     ng = torch.clamp(ng, min=n * math.exp(-1.0 / temperature))
+    if hard is not None:
+        h = F.normalize(hard, dim=1)
+        ng = ng + torch.cat([torch.exp((u * h).sum(-1) / temperature), torch.exp((v * h).sum(-1) / temperature)])
     return (-torch.log(pos / (pos + ng))).mean()
 
 

@@ -22,6 +22,29 @@ def sinusoidal_table(n: int, d: int) -> Tensor:
     return torch.from_numpy(table).float()
 
 
+def stretch_of(positions: Tensor, frames: int, k: int) -> Tensor:
+    """Which of ``k`` consecutive, equal stretches of a ``frames``-long video each frame position falls in."""
+    return torch.div(positions * k, frames, rounding_mode="floor").clamp_(0, k - 1)
+
+
+def pool_codes(codes: Tensor, positions: Tensor | None, frames: int, k: int) -> Tensor:
+    """Video code [B, L] from frame codes [B, V, L] at frame ``positions`` [B, V] (all frames in order when None).
+
+    k = 1: the mean over frames (the paper). k > 1: bit block s (L/k bits) is the mean of that block over the
+    frames of the s-th stretch of time only; a stretch with no frame in view gives 0 there.
+    """
+    if k == 1:
+        return codes.mean(dim=1)
+    b, v, L = codes.shape
+    if positions is None:
+        positions = torch.arange(v, device=codes.device).expand(b, v)
+    member = torch.nn.functional.one_hot(stretch_of(positions, frames, k), k).to(codes.dtype)  # [B, V, k]
+    sums = torch.einsum("bvk,bvl->bkl", member, codes)
+    means = sums / member.sum(dim=1).clamp(min=1.0).unsqueeze(-1)
+    block = (torch.arange(L, device=codes.device) // (L // k)).unsqueeze(0) == torch.arange(k, device=codes.device).unsqueeze(1)
+    return (means * block.to(codes.dtype)).sum(dim=1)
+
+
 class _SignSTE(torch.autograd.Function):
     """Forward: +1 where h > 0, else -1. Backward: gradient passes unchanged where -1 < h <= 1, zero elsewhere."""
 
@@ -148,6 +171,8 @@ class S5VH(nn.Module):
                  ssm_backend: str = "auto") -> None:
         super().__init__()
         cfg.validate()
+        if cfg.method != "s5vh":
+            raise MismatchError(f"method {cfg.method!r} is a training-free projection (LinearHash), not an S5VH model")
         self.cfg = cfg
         L, K = cfg.bits, cfg.n_clusters
         enc_cls = S5VHEncoder if cfg.encoder == "mamba" else TransformerEncoder
@@ -214,7 +239,7 @@ class S5VH(nn.Module):
     def forward(self, x: Tensor, visible_idx: Tensor, masked_idx: Tensor) -> dict[str, Tensor]:
         self._check_input(x)
         codes = self._codes(x, visible_idx)
-        mean_code = codes.mean(dim=1)
+        mean_code = self.pool(codes, visible_idx)
         return {
             "frame_codes": codes,
             "mean_code": mean_code,
@@ -222,15 +247,44 @@ class S5VH(nn.Module):
             "logits": self.center_logits(mean_code),
         }
 
+    def pool(self, codes: Tensor, positions: Tensor | None = None) -> Tensor:
+        """Frame codes [B, V, L] (at frame ``positions``, all in order when None) -> video code [B, L]
+        (``pool_codes`` with ``cfg.temporal_pool``)."""
+        return pool_codes(codes, positions, self.cfg.frames, self.cfg.temporal_pool)
+
+    def frame_codes_visible(self, x: Tensor, visible_idx: Tensor) -> Tensor:
+        """+-1 codes [B, V, L] of the visible frames only (training's masked view), with gradients."""
+        self._check_input(x)
+        return self._codes(x, visible_idx)
+
     def frame_codes(self, x: Tensor, hash_norm: bool = True) -> Tensor:
         """+-1 codes of every frame [B, T, L] with all frames visible (``hash_norm=False``: the released
         label-prediction path, which skips the LayerNorm before the sign)."""
         self._check_input(x)
         return self._codes(x, None, hash_norm)
 
+    def soft_frame_codes(self, x: Tensor) -> Tensor:
+        """Continuous frame codes before the sign [B, T, L] (after the hash LayerNorm): what re-ranking compares."""
+        self._check_input(x)
+        return self.binary_norm(self.binary(self.encoder(x)))
+
+    def soft_video(self, h: Tensor) -> Tensor:
+        """The video's continuous code [B, L] from its pre-sign frame codes [B, T, L]: tanh pooled over frames
+        (``pool``), a soft version of the pooled +-1 frame codes whose sign is the binary code."""
+        return self.pool(torch.tanh(h))
+
+    def bits_from_soft(self, h: Tensor) -> Tensor:
+        """Video bits [B, L] (True = +1) from pre-sign frame codes: the sign of the pooled +-1 frame codes, ties
+        +1."""
+        return self.pool(torch.where(h > 0, 1.0, -1.0)) >= 0
+
+    def soft_code(self, x: Tensor) -> Tensor:
+        return self.soft_video(self.soft_frame_codes(x))
+
     def hash(self, x: Tensor) -> Tensor:
-        """Video codes [B, L] as booleans (True = +1): sign of the mean frame code, ties (mean 0) go to +1."""
-        return self.frame_codes(x).sum(dim=1) >= 0
+        """Video codes [B, L] as booleans (True = +1): sign of the pooled frame codes (the mean over all frames
+        unless ``temporal_pool`` > 1), ties (mean 0) go to +1."""
+        return self.pool(self.frame_codes(x)) >= 0
 
     def set_backend(self, name: str) -> None:
         """Switch the selective-scan backend of every Mamba module."""

@@ -85,6 +85,22 @@ def _batch(feats: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Te
     return torch.from_numpy(np.ascontiguousarray(feats[idx], dtype=np.float32)).to(device)
 
 
+def _two_renderings(feats: np.ndarray, views: np.ndarray, idx: np.ndarray, gen: torch.Generator,
+                    device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two different renderings of each video (0: the plain one, k: ``views[:, k-1]``), drawn uniformly."""
+    nv = views.shape[1] + 1
+    a = torch.randint(nv, (len(idx),), generator=gen).numpy()
+    b = (a + torch.randint(1, nv, (len(idx),), generator=gen).numpy()) % nv
+
+    def pick(r: np.ndarray) -> torch.Tensor:
+        out = np.empty((len(idx), *feats.shape[1:]), np.float32)
+        for i, (row, k) in enumerate(zip(idx, r, strict=True)):
+            out[i] = feats[row] if k == 0 else views[row, k - 1]
+        return torch.from_numpy(out).to(device)
+
+    return pick(a), pick(b)
+
+
 def _gather_frames(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
     return x.gather(1, idx.unsqueeze(-1).expand(-1, -1, x.shape[-1]))
 
@@ -149,23 +165,29 @@ def _label_pred(model: S5VH, x: torch.Tensor, mode: str, tau_c: float) -> torch.
     """
     with torch.no_grad(), _eval_mode(model, mode == "paper"):
         codes = model.frame_codes(x, hash_norm=mode == "paper")
-        logits = model.center_logits(codes.mean(dim=1))
+        logits = model.center_logits(model.pool(codes))
         if mode == "paper":
             logits = logits / (model.cfg.bits * tau_c)
         return torch.softmax(logits, dim=-1)
 
 
 def _step_losses(model: S5VH, x: torch.Tensor, masks: tuple[torch.Tensor, ...], targets: torch.Tensor,
-                 tcfg: TrainConfig, engine: Any = LOCAL) -> dict[str, torch.Tensor]:
+                 tcfg: TrainConfig, x2: torch.Tensor | None = None, engine: Any = LOCAL) -> dict[str, torch.Tensor]:
+    """Losses of one batch. ``x2``: the rendering the second view is cut from (default: ``x``, the paper)."""
     vis1, msk1, vis2, msk2 = (m.to(x.device) for m in masks)
+    x2 = x if x2 is None else x2
     b = x.shape[0]
     # both views in one batched pass: every op is per sample, so this equals two separate passes
-    out = engine.forward(model, torch.cat([x, x], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
+    out = engine.forward(model, torch.cat([x, x2], 0), torch.cat([vis1, vis2], 0), torch.cat([msk1, msk2], 0))
     rec = reconstruction_loss([out["recon"][:b], out["recon"][b:]],
-                              [_gather_frames(x, msk1), _gather_frames(x, msk2)])
+                              [_gather_frames(x, msk1), _gather_frames(x2, msk2)])
+    hard = None
+    if tcfg.reverse_negatives:  # one process only (train refuses it with other engines)
+        # the first view's frames in reverse order: same frames, opposite arrow of time
+        hard = model.pool(model.frame_codes_visible(x.flip(1), vis1), vis1)
     # the other videos of the whole batch are the negatives: with several ranks, their codes are gathered
     dcl = dcl_loss(engine.gather(out["mean_code"][:b]), engine.gather(out["mean_code"][b:]), tcfg.temperature,
-                   tcfg.tau_plus)
+                   tcfg.tau_plus, hard)
     scale = 1.0 / (model.cfg.bits * tcfg.temperature_cluster)
     ca = center_alignment_loss([out["logits"][:b] * scale, out["logits"][b:] * scale], targets)
     total = rec + tcfg.alpha * dcl + tcfg.a_cluster * ca
@@ -363,6 +385,59 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
 
 
 # ----------------------------------------------------------------------------------------------------------
+# training-free methods
+# ----------------------------------------------------------------------------------------------------------
+def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfig, out_path: str | os.PathLike,
+               progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
+    """Fit LSH or ITQ (``model_cfg.method``) on ``features`` and write a model file that encode/index/query take
+    like an S5VH model. Seconds, not minutes: no centres, no epochs."""
+    from .linear import LinearHash, fit_itq, fit_lsh
+
+    progress = progress or NULL
+    out_path = Path(out_path)
+    if not out_path.parent.is_dir():
+        raise InputError(f"{out_path.parent}: output folder does not exist")
+    if out_path.is_dir():
+        raise InputError(f"{out_path}: is a folder, expected a model file name")
+    artifacts.check_not_input(out_path, {"features": features.path})
+    if out_path.is_file() and not force:
+        raise InputError(f"{out_path}: a model is there already (indexes built with it need it to query clips); "
+                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
+    train_cfg = dataclasses.replace(train_cfg).validate()
+    model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames).validate()
+    t0 = time.perf_counter()
+    k = model_cfg.temporal_pool
+    dims = model_cfg.bits // k  # one projection serves each of the k stretches of time
+    on = train_cfg.linear_fit
+    if on == "auto":
+        on = "means" if features.n * k >= dims or model_cfg.method == "lsh" else "frames"
+    x = features.feats.astype(np.float64)
+    if on == "means":  # the mean feature of every video (of every stretch of it, with temporal pooling)
+        x = np.concatenate([x[:, s * x.shape[1] // k:(s + 1) * x.shape[1] // k].mean(axis=1) for s in range(k)])
+    else:
+        x = x.reshape(-1, features.dim)
+    progress.log(f"fitting {model_cfg.method.upper()} ({model_cfg.bits} bits"
+                 f"{f', {k} stretches of {dims}' if k > 1 else ''}) on the {on} of {features.n} videos "
+                 f"({x.shape[0]} rows)")
+    extra: dict[str, Any] = {"fit_on": on, "n_train": features.n, "rows": int(x.shape[0])}
+    if model_cfg.method == "lsh":
+        mean, proj = fit_lsh(x, dims, train_cfg.seed)
+    else:
+        mean, proj, history = fit_itq(x, dims, train_cfg.itq_iters, train_cfg.seed)
+        extra["quantisation_loss"] = history[-1] if history else None
+    model = LinearHash(model_cfg).set_fit(mean, proj)
+    elapsed = time.perf_counter() - t0
+    extra["seconds"] = round(elapsed, 3)
+    with keep_replaced_model(out_path) as kept:
+        save_model(out_path, model, model_cfg, train_cfg, features_summary(features), extra)
+    if kept:
+        progress.log(f"the model it replaced is kept as {kept}")
+    progress.log(f"model written to {out_path}")
+    return {"model": str(out_path), "method": model_cfg.method, "fit_on": on, "seconds": round(elapsed, 3),
+            "n_train": features.n, "epochs": 0, "epochs_run": 0, "last": {}, "metrics": None}
+
+
+# ----------------------------------------------------------------------------------------------------------
 # training
 # ----------------------------------------------------------------------------------------------------------
 def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, train_cfg: TrainConfig,
@@ -383,6 +458,8 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     """
     from .ssm import resolve_backend
 
+    if model_cfg.method != "s5vh":
+        return fit_linear(features, model_cfg, train_cfg, out_path, progress, force=force)
     progress = progress or NULL
     out_path = Path(out_path)
     if not out_path.parent.is_dir():
@@ -398,7 +475,11 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
+    auto = [k for k in ("epochs", "batch_size") if not getattr(train_cfg, k)]
     engine = engine or LOCAL
+    if engine.name != "local" and (train_cfg.transformed_views or train_cfg.reverse_negatives):
+        raise InputError(f"--transformed-views and --reverse-negatives train in one process; use --engine local, "
+                         f"not {engine.name}")
     dev = device if isinstance(device, torch.device) else resolve_device(device)
     dev = engine.start(dev)
     backend, backend_why = ("none", "transformer encoder: no selective scan")
@@ -418,9 +499,21 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     n_train = len(train_idx)
     if n_train < 2:
         raise InputError(f"{features.path}: at least 2 videos are needed to train, found {n_train}")
+    if auto:
+        from .config import resolve_schedule
+
+        train_cfg = resolve_schedule(train_cfg, n_train)
+        progress.log(f"schedule for {n_train} videos: batch {train_cfg.batch_size}, {train_cfg.epochs} epochs "
+                     f"(about {train_cfg.auto_steps} steps; set --epochs / --batch-size to choose)")
     k = model_cfg.n_clusters
     init_labels = torch.from_numpy(np.eye(k, dtype=np.float64)[centers.pseudo_labels])
     feats = features.feats
+    views = None
+    if train_cfg.transformed_views:
+        views = features.views
+        if views is None or views.shape[1] == 0:
+            raise InputError(f"{features.path}: transformed views need features extracted with views "
+                             "(s5vh extract --views N)")
 
     torch.manual_seed(train_cfg.seed)
     gen = torch.Generator().manual_seed(train_cfg.seed)
@@ -483,8 +576,12 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
                         soft_labels[pos_t] = (1 - train_cfg.smoothing_alpha) * soft_labels[pos_t] + \
                             train_cfg.smoothing_alpha * p
                     targets = soft_labels[pos_t[mine]].to(dev)
+                    x2 = None
+                    if views is not None:  # drawn for the whole batch, so every rank draws alike
+                        xa, xb = _two_renderings(feats, views, train_idx[pos], gen, dev)
+                        x, x2 = xa[mine], xb[mine]
                     with engine.shared_draws(len(pos), views=2):
-                        losses = _step_losses(model, x, masks, targets, train_cfg, engine)
+                        losses = _step_losses(model, x, masks, targets, train_cfg, x2, engine)
                     optimizer.zero_grad(set_to_none=True)
                     engine.backward_loss(losses, len(x), len(pos), train_cfg).backward()
                     optimizer.step()

@@ -119,6 +119,7 @@ class Clip:
     width: int = 0  # of the decoded stream, as the container states it
     height: int = 0
     file: dict[str, Any] = field(default_factory=dict)  # file records (size, mtime, sha256) when asked for
+    views: np.ndarray | None = None  # [V, T, S, S, 3] transformed renderings (``extract --views``), else None
 
 
 def _capture(cv2, path: str):
@@ -242,13 +243,19 @@ def resize_crop(frame_bgr: np.ndarray, size: int, resize: int) -> np.ndarray:
 
 
 def read_frames(path: str, frames: int, sampling: Sampling | str = "uniform", *, size: int = 224,
-                resize: int = 256, seek_gap: int = SEEK_GAP, decoder: str = "auto") -> Clip:
+                resize: int = 256, seek_gap: int = SEEK_GAP, decoder: str = "auto", views: int = 0,
+                view_seed: int = 0, view_key: str = "") -> Clip:
     """Decode the sampled frames of one video, resized and cropped to ``size``. Raises VideoError.
 
     ``decoder``: "pyav", "opencv" or "auto" (PyAV when installed); both return the same frames.
+    ``views`` > 0 also renders that many transformed versions (``s5vh_cli.views``, seeded by ``view_seed`` and
+    ``view_key``) from the same decode, into ``Clip.views`` (decoded with OpenCV whatever ``decoder`` says).
     """
     import cv2
 
+    if views > 0:
+        return _read_with_views(path, frames, sampling, size=size, resize=resize, seek_gap=seek_gap, views=views,
+                                view_seed=view_seed, view_key=view_key or path, decoder=decoder)
     if isinstance(sampling, str):
         sampling = parse_sampling(sampling)
     use_pyav = check_decoder(decoder) == "pyav"
@@ -307,6 +314,37 @@ class _SeekMissed(Exception):
     pass
 
 
+def _read_with_views(path: str, frames: int, sampling: Sampling | str, *, size: int, resize: int, seek_gap: int,
+                     views: int, view_seed: int, view_key: str, decoder: str = "auto") -> Clip:
+    """The plain clip (with ``decoder``), then each view's frames: decoded once (full size, OpenCV), edited,
+    resized and cropped."""
+    from .views import apply_spatial, draw_view, view_indices, view_rng
+
+    # first pass: the plain sampling, exactly as without views (also settles the real frame count)
+    plain = read_frames(path, frames, sampling, size=size, resize=resize, seek_gap=seek_gap, decoder=decoder)
+    n = plain.frame_count
+    specs = [draw_view(view_rng(view_seed, view_key, v)) for v in range(views)]
+    wanted = [view_indices(plain.indices, n, s) for s in specs]
+    cap = _open(path)
+    try:
+        raw, _ = _decode_indices(cap, np.unique(np.concatenate(wanted)), size, resize, seek_gap, keep_raw=True)
+        if raw is None:  # pragma: no cover - the plain pass already found every index decodable
+            raise VideoError(f"{path}: frames stop decoding part-way (the file is corrupt or truncated)")
+    except _SeekMissed:
+        cap.release()
+        cap = _open(path)
+        raw, _ = _decode_indices(cap, np.unique(np.concatenate(wanted)), size, resize, 1 << 62, keep_raw=True)
+    finally:
+        cap.release()
+    by_index = dict(zip(np.unique(np.concatenate(wanted)).tolist(), raw[0], strict=True))
+    out = np.empty((views, frames, size, size, 3), np.uint8)
+    for v, (spec, idx) in enumerate(zip(specs, wanted, strict=True)):
+        for t, i in enumerate(idx.tolist()):
+            out[v, t] = resize_crop(apply_spatial(by_index[i], spec), size, resize)
+    plain.views = out
+    return plain
+
+
 def _count_frames(cap) -> int:
     n = 0
     while cap.grab():
@@ -314,7 +352,7 @@ def _count_frames(cap) -> int:
     return n
 
 
-def _decode_indices(cap, idx: np.ndarray, size: int, resize: int, seek_gap: int):
+def _decode_indices(cap, idx: np.ndarray, size: int, resize: int, seek_gap: int, keep_raw: bool = False):
     """Return ((images, times), n) or (None, frames_seen) when the video ends before the last wanted index.
 
     A gap longer than ``seek_gap`` frames is crossed by a seek while seeking stays cheaper than grabbing
@@ -351,8 +389,10 @@ def _decode_indices(cap, idx: np.ndarray, size: int, resize: int, seek_gap: int)
         if not ok or frame is None:
             return None, pos
         t = cap.get(cv2.CAP_PROP_POS_MSEC) / 1000.0
-        kept[target] = (resize_crop(frame, size, resize), t)
+        kept[target] = (frame if keep_raw else resize_crop(frame, size, resize), t)
         pos += 1
+    if keep_raw:  # full-size frames differ in size between videos: a list, in ``idx`` order
+        return ([kept[int(i)][0] for i in idx], np.array([kept[int(i)][1] for i in idx])), pos
     images = np.stack([kept[int(i)][0] for i in idx])
     times = np.array([kept[int(i)][1] for i in idx], dtype=np.float64)
     return (images, times), pos

@@ -31,3 +31,20 @@ def test_validation_errors_are_one_line():
         C.from_dict(C.ModelConfig, {"bitz": 3})
     with pytest.raises(InputError, match="unknown preset"):
         C.preset("kinetics")
+
+
+def test_auto_schedule_from_library_size():
+    _, t, _ = C.preset("default")
+    assert (t.epochs, t.batch_size) == (0, 0)  # chosen at training time
+
+    def sched(n):
+        r = C.resolve_schedule(t, n)
+        return r.batch_size, r.epochs, -(-n // r.batch_size) * r.epochs
+
+    assert sched(20) == (16, 60, 120)  # a few dozen videos: many short epochs, capped
+    assert sched(75) == (16, 40, 200)  # the practitioner's library of issue 13: was 100 epochs of one step
+    assert sched(1800) == (128, 14, 210)
+    assert sched(45000) == (128, 3, 1056)  # large libraries: at least 3 epochs
+    assert C.resolve_schedule(C.replace(t, epochs=7), 75).epochs == 7  # explicit values win
+    _, fcv, _ = C.preset("fcv")
+    assert C.resolve_schedule(fcv, 100).epochs == 500

@@ -204,6 +204,51 @@ def test_float16_and_fps_sampling(tmp_path, weights):
         assert h5.attrs["dtype"] == "float16" and h5.attrs["frames"] == 3
 
 
+def test_views_are_stored_seeded_and_resumable(tmp_path, weights):
+    vids = make_corpus(tmp_path / "vids", 3)
+    cfg = ExtractConfig(frames=T, batch_size=8, views=2, view_seed=5)
+    extract([str(vids)], tmp_path / "v.h5", config=cfg, weights=weights, device="cpu", workers=0)
+    f = read_features(tmp_path / "v.h5")
+    assert f.views.shape == (3, 2, T, f.dim) and f.attrs["views"] == 2
+    # the plain rendering is exactly what extraction without views gives
+    run([vids], tmp_path / "plain.h5", weights)
+    np.testing.assert_allclose(f.feats, read_features(tmp_path / "plain.h5").feats, rtol=1e-5, atol=1e-6)
+    assert f.views is not None and not np.allclose(f.views[:, 0], f.feats)  # edited renderings differ
+    # same seed, same views; another seed, other views
+    extract([str(vids)], tmp_path / "v2.h5", config=cfg, weights=weights, device="cpu", workers=1)
+    np.testing.assert_allclose(read_features(tmp_path / "v2.h5").views, f.views, rtol=1e-5, atol=1e-6)
+    other = ExtractConfig(frames=T, batch_size=8, views=2, view_seed=6)
+    extract([str(vids)], tmp_path / "v3.h5", config=other, weights=weights, device="cpu", workers=0)
+    assert not np.allclose(read_features(tmp_path / "v3.h5").views, f.views)
+    # appending to a finished output keeps its views; other view settings are refused
+    make_index_video(vids / "v99.mp4", 30)
+    extract([str(vids)], tmp_path / "v.h5", config=cfg, weights=weights, device="cpu", workers=0)
+    g = read_features(tmp_path / "v.h5")
+    assert g.views.shape[:2] == (4, 2)
+    np.testing.assert_allclose(g.views[:3], f.views, rtol=1e-5, atol=1e-6)
+    with pytest.raises(MismatchError, match="views"):
+        extract([str(vids)], tmp_path / "v.h5", config=ExtractConfig(frames=T, views=1, view_seed=5),
+                weights=weights, device="cpu", workers=0)
+
+
+def test_view_edits_render(tmp_path):
+    from s5vh_cli.views import ViewSpec, apply_spatial, draw_view, view_indices, view_rng
+
+    frame = np.random.default_rng(0).integers(0, 256, (60, 80, 3), dtype=np.uint8)
+    kinds = set()
+    for v in range(40):
+        spec = draw_view(view_rng(0, "clip.mp4", v))
+        assert spec.spatial  # at least one spatial edit
+        kinds |= {k for k, _ in spec.spatial} | {spec.temporal.get("kind", "none")}
+        out = apply_spatial(frame, spec)
+        assert out.dtype == np.uint8 and out.ndim == 3 and out.shape[2] == 3
+        idx = view_indices(np.arange(0, 100, 10), 100, spec)
+        assert len(idx) == 10 and idx.min() >= 0 and idx.max() < 100 and (np.diff(idx) >= 0).all()
+    assert kinds >= {"crop", "mirror", "colour", "blur", "jpeg", "text", "subclip", "frame_rate", "none"}
+    np.testing.assert_array_equal(apply_spatial(frame, ViewSpec(spatial=[("mirror", {})])), frame[:, ::-1])
+    assert draw_view(view_rng(0, "a", 0)) == draw_view(view_rng(0, "a", 0))
+
+
 def test_extract_clips_reproduces_artifact_rows(tmp_path, weights):
     vids = make_corpus(tmp_path / "vids", 3)
     run([vids], tmp_path / "f.h5", weights, sampling="fps=10", frames=5)

@@ -44,6 +44,43 @@ def test_dcl_clamp_engages():
     assert got == pytest.approx(-math.log(pos / (pos + n * math.exp(-2))), rel=1e-6)
 
 
+def naive_dcl_hard(u, v, hard, temperature, tau_plus):
+    """As naive_dcl, with one certain negative per video added to both of its anchors' denominators."""
+    un = [x / x.norm() for x in u]
+    vn = [x / x.norm() for x in v]
+    hn = [x / x.norm() for x in hard]
+    b = len(u)
+    allv = un + vn
+    n = 2 * b - 2
+    losses = []
+    for a in range(2 * b):
+        i = a % b
+        partner = i + b if a < b else i
+        pos = math.exp(float(un[i] @ vn[i]) / temperature)
+        neg = sum(math.exp(float(allv[a] @ allv[j]) / temperature) for j in range(2 * b) if j not in (a, partner))
+        ng = max((neg - tau_plus * n * pos) / (1 - tau_plus), n * math.exp(-1 / temperature))
+        ng += math.exp(float(allv[a] @ hn[i]) / temperature)
+        losses.append(-math.log(pos / (pos + ng)))
+    return sum(losses) / len(losses)
+
+
+def test_dcl_hard_negatives_match_definition_and_push_apart():
+    g = torch.Generator().manual_seed(4)
+    u = torch.randn(4, 12, generator=g, dtype=torch.float64)
+    v = u + 0.2 * torch.randn(4, 12, generator=g, dtype=torch.float64)
+    hard = (u + 0.5 * torch.randn(4, 12, generator=g, dtype=torch.float64)).requires_grad_(True)
+    got = dcl_loss(u, v, 0.5, 0.1, hard)
+    value = float(got.detach())
+    assert value == pytest.approx(naive_dcl_hard(list(u), list(v), list(hard.detach()), 0.5, 0.1), rel=1e-10)
+    assert value > float(dcl_loss(u, v, 0.5, 0.1))
+    # the gradient moves each hard negative away from its anchor
+    got.backward()
+    step = F.normalize(hard.detach() - 0.1 * hard.grad, dim=1)
+    before = (F.normalize(u, dim=1) * F.normalize(hard.detach(), dim=1)).sum(1)
+    after = (F.normalize(u, dim=1) * step).sum(1)
+    assert (after < before).all()
+
+
 def test_dcl_needs_two_videos():
     with pytest.raises(ValueError):
         dcl_loss(torch.randn(1, 8), torch.randn(1, 8))

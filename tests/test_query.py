@@ -1,6 +1,7 @@
 """Query pipeline and CLI: codes, features and clip inputs; JSON schema; exit codes; exclusion; radius."""
 
 import json
+import os
 from types import SimpleNamespace
 
 import numpy as np
@@ -29,6 +30,16 @@ class StandIn(torch.nn.Module):
 
     def hash(self, x):
         return (x @ self.w).sum(dim=1) >= 0
+
+    # the descriptor side of a model (encode --descriptor soft): pre-sign frame codes and their mean
+    def soft_frame_codes(self, x):
+        return x @ self.w
+
+    def bits_from_soft(self, h):
+        return h.sum(dim=1) >= 0
+
+    def soft_video(self, h):
+        return h.mean(dim=1)
 
 
 def encode_np(feats):
@@ -67,10 +78,16 @@ def corpus(tmp_path, monkeypatch):
                                         "frames": T, "feature_dim": F}, "model_config": {"bits": BITS}}
 
     def fake_extract_clips(paths, *, backbone, frames, sampling, weights=None, device="auto", batch_size=32,
-                           runtime="auto", precision="auto", progress=None):
+                           runtime="auto", precision="auto", progress=None, mirror=False):
         assert (backbone, frames, sampling) == ("resnet50", T, "uniform")
-        idx = [int(str(p).rsplit("v", 1)[1].split(".")[0]) for p in paths]
-        return feats[idx], [{"path": str(p), "backbone_sha256": "bb"} for p in paths]
+        idx = [int(os.path.basename(str(p))[1:].split(".")[0]) for p in paths]
+        calls.append(("mirror" if mirror else "plain", len(paths)))
+        # a clip named m<i>.mp4 is a mirrored copy of v<i>: as it is, its features are far from v<i>'s (their
+        # negation: every bit differs); mirrored back they are v<i>'s own
+        mirrored = [os.path.basename(str(p)).startswith("m") for p in paths]
+        out = np.stack([feats[i] if m == mirror else -feats[i] for i, m in zip(idx, mirrored, strict=True)]) \
+            if any(mirrored) else feats[idx]
+        return out, [{"path": str(p), "backbone_sha256": "bb"} for p in paths]
 
     monkeypatch.setattr(checkpoint, "load_model", fake_load_model)
     monkeypatch.setattr(extract, "extract_clips", fake_extract_clips)
@@ -93,7 +110,8 @@ def test_codes_input_json_schema_and_exactness(corpus, capsys):
     assert rc == 0, err
     doc = json.loads(out)
     assert set(doc) == {"index", "type", "exact", "bits", "count", "topk", "radius", "timings", "queries",
-                        "queries_without_results"}
+                        "queries_without_results", "rerank", "flip", "windows"}
+    assert (doc["rerank"], doc["flip"], doc["windows"]) == (None, False, False)
     assert doc["type"] == "BFlat" and doc["exact"] is True and doc["bits"] == BITS and doc["topk"] == 7
     assert len(doc["queries"]) == 300
     q0 = doc["queries"][0]
@@ -151,7 +169,7 @@ def test_features_input_is_encoded_with_the_recorded_model(corpus, capsys):
     assert rc == 0, err
     doc = json.loads(out)
     assert [q["results"][0]["distance"] for q in doc["queries"]] == [0] * 5
-    assert corpus.calls == [str(corpus.model)]
+    assert [c for c in corpus.calls if isinstance(c, str)] == [str(corpus.model)]
 
 
 def test_clip_folder_input(corpus, capsys):
@@ -188,6 +206,85 @@ def test_table_output(corpus, capsys):
     assert max(len(line) for line in out.splitlines()) <= 80  # fits a terminal, or a log, of 80 columns
     rc, out, err = cli(["query", corpus.index, corpus.dir / "feats.h5", "--json", "--jsonl"], capsys)
     assert rc == 2
+
+
+def _with_descriptors(corpus, name="d.bin"):
+    """An index of the corpus codes plus a soft descriptor per video (random, so that it tells videos apart
+    independently of their codes)."""
+    c = artifacts.read_codes(corpus.dir / "codes.h5")
+    c.descriptors = np.random.default_rng(5).normal(size=(c.n, BITS)).astype(np.float16)
+    artifacts.write_codes(corpus.dir / "dcodes.h5", c, artifacts.provenance("encode"),
+                          extra_attrs={k: c.attrs.get(k, "") for k in ("model_path", "backbone", "sampling", "frames")})
+    I.build_index(artifacts.read_codes(corpus.dir / "dcodes.h5"), corpus.dir / name)
+    return c, corpus.dir / name
+
+
+def test_rerank_rescores_the_top_k_by_descriptor(corpus, capsys):
+    c, index = _with_descriptors(corpus)
+    # query: v0's code with the descriptor of the video 6th in v0's Hamming ranking
+    order = np.lexsort((np.arange(c.n), hamming(c.codes[:1], c.codes)[0]))  # (distance, key)
+    j = int(order[5])
+    q = Codes(path=None, codes=c.codes[:1], ids=["q"], paths=[""], bits=BITS, model_sha256=c.model_sha256,
+              descriptors=c.descriptors[j:j + 1])
+    artifacts.write_codes(corpus.dir / "q.h5", q, artifacts.provenance("encode"))
+    plain = query(index, [str(corpus.dir / "q.h5")], topk=3)
+    assert plain.scores is None and int(plain.results[0][1][0]) == int(order[0])
+    out = query(index, [str(corpus.dir / "q.h5")], topk=3, rerank=10)
+    keys = out.results[0][1]
+    assert int(keys[0]) == j and out.scores[0][0] == pytest.approx(1.0, abs=1e-3)
+    assert np.all(np.diff(out.scores[0]) <= 0) and set(keys.tolist()) <= set(order[:10].tolist())
+    # only the top K are re-scored: j (6th by Hamming) is out of reach of --rerank 5
+    assert j not in query(index, [str(corpus.dir / "q.h5")], topk=3, rerank=5).results[0][1].tolist()
+    rc, out_s, err = cli(["query", index, corpus.dir / "q.h5", "--rerank", "10", "-k", "2", "--json"], capsys)
+    doc = json.loads(out_s)
+    assert rc == 0 and doc["rerank"] == 10 and doc["queries"][0]["results"][0]["id"] == f"v{j}"
+    assert doc["queries"][0]["results"][0]["score"] == pytest.approx(1.0, abs=1e-3)
+
+
+def test_rerank_encodes_feature_queries_like_the_index(corpus, capsys):
+    """Features are encoded with descriptors of the index's kind: a video's own features score 1 against it."""
+    _, index = _with_descriptors(corpus)
+    m = StandIn()
+    with torch.no_grad():
+        desc = m.soft_video(m.soft_frame_codes(torch.from_numpy(corpus.feats))).numpy().astype(np.float16)
+    c = artifacts.read_codes(corpus.dir / "codes.h5")
+    c.descriptors = desc
+    artifacts.write_codes(corpus.dir / "dcodes.h5", c, artifacts.provenance("encode"),
+                          extra_attrs={k: c.attrs.get(k, "") for k in ("model_path", "backbone", "sampling", "frames")})
+    I.build_index(artifacts.read_codes(corpus.dir / "dcodes.h5"), index)
+    out = query(index, [str(corpus.dir / "feats.h5")], topk=1, rerank=20)
+    assert [int(k[0]) for _, k in out.results] == [0, 1, 2, 3, 4]
+    assert all(s[0] == pytest.approx(1.0, abs=2e-3) for s in out.scores)
+
+
+def test_rerank_needs_descriptors(corpus, capsys):
+    rc, _, err = cli(["query", corpus.index, corpus.dir / "codes.h5", "--rerank", "5"], capsys)
+    assert rc == 2 and "--descriptor" in err and len(err.strip().splitlines()) == 1
+    _, index = _with_descriptors(corpus)
+    rc, _, err = cli(["query", index, corpus.dir / "codes.h5", "--rerank", "5"], capsys)  # codes without any
+    assert rc == 2 and "descriptor" in err and len(err.strip().splitlines()) == 1
+    rc, _, err = cli(["query", index, corpus.dir / "codes.h5", "--rerank", "-1"], capsys)
+    assert rc == 2
+
+
+def test_flip_finds_mirrored_copies(corpus, capsys):
+    clips = corpus.dir / "mirrored"
+    clips.mkdir()
+    for i in (7, 8):
+        (clips / f"m{i}.mp4").write_bytes(b"not really a video")
+    plain = query(corpus.index, [str(clips)], topk=5)
+    assert [int(k[0]) for _, k in plain.results] != [7, 8]
+    assert [int(d[-1]) for d, _ in plain.results] <= [BITS] * 2 and 7 not in plain.results[0][1].tolist()
+    corpus.calls.clear()
+    out = query(corpus.index, [str(clips)], topk=5, flip=True)
+    assert [int(k[0]) for _, k in out.results] == [7, 8] and [int(d[0]) for d, _ in out.results] == [0, 0]
+    assert ("mirror", 2) in corpus.calls  # the mirror images are extracted once for all clips
+    # each key once, with its better distance, in (distance, key) order
+    for d, k in out.results:
+        assert len(set(k.tolist())) == len(k) and np.all(np.diff(d) >= 0)
+    rc, out_s, _ = cli(["query", corpus.index, clips, "--flip", "-k", "1", "--json"], capsys)
+    doc = json.loads(out_s)
+    assert rc == 0 and doc["flip"] is True and [q["results"][0]["id"] for q in doc["queries"]] == ["v7", "v8"]
 
 
 def test_clips_follow_a_bfloat16_model_even_when_it_loads_beside_them(corpus, monkeypatch):

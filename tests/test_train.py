@@ -268,3 +268,61 @@ def test_label_pred_modes():
         want = torch.softmax(model.center_logits(codes.mean(1)), -1)
     assert torch.allclose(r1, want)
     assert not torch.allclose(r1, p1)
+
+
+def test_transformed_views_and_reverse_negatives(tmp_path):
+    f = make_features()
+    with pytest.raises(InputError, match="extract --views"):
+        run_train(tmp_path, "a.pt", features=f, transformed_views=True)
+    f.views = np.random.default_rng(1).standard_normal((f.n, 2, f.frames, f.dim)).astype(np.float32)
+    s = run_train(tmp_path, "b.pt", features=f, transformed_views=True, reverse_negatives=True)
+    assert np.isfinite(s["last"]["loss"])
+    _, meta = load_model(tmp_path / "b.pt", ssm_backend="torch")
+    assert meta["train_config"]["transformed_views"] and meta["train_config"]["reverse_negatives"]
+    # the paper's training is untouched by the existence of views: same seed, same model as without them
+    plain = run_train(tmp_path, "c.pt", features=make_features())
+    with_views = run_train(tmp_path, "d.pt", features=f)
+    assert plain["last"]["loss"] == with_views["last"]["loss"]
+
+
+def test_two_renderings_differ_per_video():
+    from s5vh_cli.train import _two_renderings
+
+    feats = np.zeros((6, 2, 3), np.float32)
+    views = np.stack([np.full((6, 2, 3), k + 1, np.float32) for k in range(3)], axis=1)  # rendering k holds k
+    a, b = _two_renderings(feats, views, np.arange(6), torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert a.shape == (6, 2, 3) and (a[:, 0, 0] != b[:, 0, 0]).all()
+    assert set(a[:, 0, 0].tolist()) | set(b[:, 0, 0].tolist()) <= {0.0, 1.0, 2.0, 3.0}
+
+
+def test_temporal_pool_trains_and_codes_pool_each_stretch(tmp_path):
+    """--temporal-pool 2 trains end to end (contrastive views pool the visible frames by their positions) and
+    bit block s of the code is the sign of the frame codes' mean over the s-th half of the video only."""
+    import torch
+
+    m, t = configs()
+    m = dataclasses.replace(m, temporal_pool=2)
+    s = train(make_features(), make_centers(), m, t, tmp_path / "p.pt", device="cpu", ssm_backend="torch")
+    assert np.isfinite(s["last"]["loss"])
+    model, meta = load_model(tmp_path / "p.pt", ssm_backend="torch")
+    assert meta["model_config"]["temporal_pool"] == 2
+    x = torch.from_numpy(make_features().feats[:8])
+    with torch.no_grad():
+        fc = model.frame_codes(x)  # [B, T, L] +-1
+        half, t_ = fc.shape[2] // 2, fc.shape[1]
+        want = torch.cat([fc[:, :t_ // 2, :half].mean(1), fc[:, t_ // 2:, half:].mean(1)], dim=1) >= 0
+        assert torch.equal(model.hash(x), want)
+
+
+def test_auto_schedule_is_what_trains_and_is_recorded(tmp_path):
+    """epochs = batch_size = 0 (the default preset): the schedule comes from the library size, the loop runs
+    exactly that many epochs, and the model records the resolved values."""
+    from s5vh_cli.config import resolve_schedule
+
+    m, t = configs(epochs=0, batch_size=0, auto_steps=6)
+    want = resolve_schedule(t, N)
+    assert (want.batch_size, want.epochs) == (16, 3)  # 20 videos: 2 steps an epoch, at least 3 epochs
+    s = train(make_features(), make_centers(), m, t, tmp_path / "a.pt", device="cpu", ssm_backend="torch")
+    assert s["epochs"] == s["epochs_run"] == 3
+    _, meta = load_model(tmp_path / "a.pt", ssm_backend="torch")
+    assert (meta["train_config"]["epochs"], meta["train_config"]["batch_size"]) == (3, 16)

@@ -21,6 +21,17 @@ def encode_command(
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     ssm_backend: str = typer.Option("auto", "--ssm-backend", help="Selective scan: auto, torch, cpu, cuda, "
                                     "reference."),
+    descriptor: str = typer.Option("none", "--descriptor", help="Also store a float16 descriptor per video for "
+                                   "`query --rerank`: none, soft (the continuous code before the sign, 2 bytes a "
+                                   "bit) or frames (the continuous codes of --descriptor-frames frames, compared in "
+                                   "time order)."),
+    descriptor_frames: int = typer.Option(8, "--descriptor-frames", min=0, help="Frames kept by --descriptor "
+                                          "frames, spread uniformly (0: all)."),
+    segment: str | None = typer.Option(None, "--segment", help="One code per window of this length (e.g. 4s) "
+                                       "instead of one per video, to find partial copies; needs features from "
+                                       "`s5vh extract --fps RATE --frames MAX`."),
+    hop: str | None = typer.Option(None, "--hop", help="Step between windows with --segment [default: a quarter "
+                                   "of the window]."),
     threads: int | None = typer.Option(None, "--threads", min=1, help="CPU threads for torch."),
     engine: str = typer.Option("local", "--engine", help="local: this process; ray: a Ray Data pipeline on a "
                                "Ray cluster (needs s5vh[distributed]; docs/scale-out.md)."),
@@ -53,4 +64,5 @@ def encode_command(
         torch.set_num_threads(threads)
     sink = RichProgressSink(quiet=quiet)
     encode_file(model, features, output, batch_size=batch_size, device=device, ssm_backend=ssm_backend,
-                progress=sink, engine=get_engine(engine, ray_address=ray_address))
+                progress=sink, descriptor=descriptor, descriptor_frames=descriptor_frames, segment=segment, hop=hop,
+                engine=get_engine(engine, ray_address=ray_address))

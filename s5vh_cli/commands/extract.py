@@ -31,6 +31,10 @@ def extract_command(
                                        "process) [default: CPU cores - 1, at least 1]."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
     dtype: str = typer.Option("float32", "--dtype", help="Stored feature type: float32 or float16."),
+    views: int = typer.Option(0, "--views", help="Also store N transformed renderings of every video (crop, mirror, "
+                              "colour, blur, JPEG, text, frame rate, sub-clip; docs/artifacts.md), for `s5vh train "
+                              "--transformed-views`. Costs N+1 times the backbone work."),
+    view_seed: int = typer.Option(0, "--view-seed", help="Seed of the views' random edits."),
     strict: bool = typer.Option(False, "--strict", help="Exit non-zero when any video fails (the output is still "
                                 "written with the others)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads for inference [default: all cores]."),
@@ -72,6 +76,8 @@ def extract_command(
         raise typer.BadParameter("must be at least 1", param_hint="--frames")
     if batch_size < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--batch-size")
+    if views < 0:
+        raise typer.BadParameter("must be 0 or more", param_hint="--views")
     if dtype not in ("float32", "float16"):
         raise InputError(f"--dtype must be float32 or float16, got {dtype!r}")
     if engine != "local" and workers is not None:
@@ -92,7 +98,8 @@ def extract_command(
     from ..extract import extract
 
     cfg = ExtractConfig(backbone=backbone, frames=frames, sampling="uniform" if fps is None else f"fps={fps:g}",
-                        batch_size=batch_size, dtype=dtype, runtime=runtime, precision=precision, decoder=decoder)
+                        batch_size=batch_size, dtype=dtype, views=views, view_seed=view_seed, runtime=runtime,
+                        precision=precision, decoder=decoder)
     sink = RichProgressSink(quiet=quiet)
     result = extract(inputs, output, config=cfg, weights=None if weights is None else str(weights), device=device,
                      threads=threads, progress=sink,

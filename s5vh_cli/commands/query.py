@@ -37,8 +37,21 @@ def register(app: typer.Typer) -> None:
         nprobe: int | None = typer.Option(None, help="BIVF indexes: inverted lists probed per query."),
         ef_search: int | None = typer.Option(None, help="BHNSW indexes: search candidate-list size."),
         nflip: int | None = typer.Option(None, help="BHash indexes: bit flips probed per table."),
+        rerank: int = typer.Option(0, "--rerank", help="Re-score the top K Hamming candidates by the float16 "
+                                   "descriptors the index stores (codes from `s5vh encode --descriptor`), best score "
+                                   "first [default: 0, off]."),
+        flip: bool = typer.Option(False, "--flip", help="Also search each clip's mirror image; every result keeps "
+                                  "its better distance (and score). Video inputs only."),
+        hop: str | None = typer.Option(None, "--hop", help="Index of time windows: step between the query's windows "
+                                       "(e.g. 0.5s) [default: the index's]."),
+        hits_per_window: int = typer.Option(20, "--hits-per-window", help="Index of time windows: candidates per "
+                                            "query window that vote."),
     ) -> None:
         """Rank indexed videos by Hamming distance to each input (ties broken by key, so output is deterministic).
+
+        On an index of time windows (`s5vh encode --segment`), each query is cut into windows too and the answer
+        is per indexed video: the videos the query was most likely cut from, with the matching time range in
+        the query and in the video (`--rerank` then weighs each window's hits by descriptor similarity).
 
         Exit code: 0 when every query found at least one result, 1 when some query found none (e.g. nothing
         within --radius; its "status" is "none" in JSON), 2 on error.
@@ -68,12 +81,17 @@ def register(app: typer.Typer) -> None:
 
         k = topk if topk is not None else (None if radius is not None else 20)
         machine = as_json or as_jsonl
+        if hits_per_window < 1:
+            raise InputError(f"--hits-per-window must be at least 1, got {hits_per_window}")
+        from ..encode import parse_seconds
+
         out = query(index, inputs, topk=k or 0, radius=radius, exclude_self=exclude_self,
                     model_path=str(model) if model else None, device=device, ssm_backend=ssm_backend,
                     batch_size=batch_size, weights=str(weights) if weights else None, runtime=runtime,
                     precision=precision,
                     params=IndexParams(nprobe=nprobe, ef_search=ef_search, nflip=nflip),
-                    progress=RichProgressSink(quiet=machine))
+                    progress=RichProgressSink(quiet=machine), rerank=rerank, flip=flip,
+                    hop=parse_seconds(hop, "--hop") if hop is not None else None, hits_per_window=hits_per_window)
         if as_json:
             print_json(out.to_json())
         elif as_jsonl:
@@ -96,16 +114,45 @@ def _table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
 
     what = f"within distance {out.radius}" if out.radius is not None else f"top {out.topk}"
     exact = "exact" if out.index.exact else f"approximate ({out.index.index_type})"
-    console.print(f"{show_path(str(out.index.path))}: {out.index.n} videos, {out.index.bits} bits, {exact}, {what}",
-                  highlight=False, markup=False)
+    extra = (f", re-ranked top {out.rerank}" if out.rerank else "") + (", with mirror images" if out.flip else "")
+    rows = "time windows" if out.matches is not None else "videos"
+    console.print(f"{show_path(str(out.index.path))}: {out.index.n} {rows}, {out.index.bits} bits, {exact}, "
+                  f"{what}{extra}", highlight=False, markup=False)
+    if out.matches is not None:
+        _window_table(out)
+        return
     for rec in out.to_records():
         t = Table(title=f"query: {markup_safe(show_path(rec['query']))}", title_justify="left", box=box.SIMPLE_HEAD,
                   width=min(console.width, 80), pad_edge=False)
         t.add_column("rank", justify="right", no_wrap=True)
         t.add_column("dist", justify="right", no_wrap=True)
+        if out.scores is not None:
+            t.add_column("score", justify="right", no_wrap=True)
         t.add_column("video", overflow="fold", ratio=1)
         if not rec["results"]:
-            t.add_row("-", "-", "(no results)")
+            t.add_row("-", "-", *(["-"] if out.scores is not None else []), "(no results)")
         for r in rec["results"]:
-            t.add_row(str(r["rank"]), str(r["distance"]), Text(video_label(r["id"], r["path"])))
+            score = [f"{r['score']:.3f}"] if out.scores is not None else []
+            t.add_row(str(r["rank"]), str(r["distance"]), *score, Text(video_label(r["id"], r["path"])))
+        console.print(t)
+
+
+def _window_table(out) -> None:  # noqa: ANN001 - QueryOutcome, imported lazily
+    """Per query: the videos it was most likely cut from, with the matching time ranges."""
+    from rich import box
+    from rich.table import Table
+    from rich.text import Text
+
+    for rec in out.to_records():
+        t = Table(title=f"query: {markup_safe(show_path(rec['query']))} ({rec['windows']} windows)",
+                  title_justify="left", box=box.SIMPLE_HEAD, width=min(console.width, 100), pad_edge=False)
+        for col in ("rank", "votes", "query s", "video s"):
+            t.add_column(col, justify="right", no_wrap=True)
+        t.add_column("video", overflow="fold", ratio=1)
+        if not rec["results"]:
+            t.add_row("-", "-", "-", "-", "(no results)")
+        for r in rec["results"]:
+            q, v = r["query_range_s"], r["video_range_s"]
+            t.add_row(str(r["rank"]), f"{r['score']:.2f}", f"{q[0]:.1f}-{q[1]:.1f}", f"{v[0]:.1f}-{v[1]:.1f}",
+                      Text(video_label(r["id"], r["path"])))
         console.print(t)

@@ -20,12 +20,17 @@ def train_command(
                                         "in-process when omitted."),
     output: Path = typer.Option(Path("model.pt"), "-o", "--output", help="Model file to write."),
     bits: int | None = typer.Option(None, "--bits", help="Code length in bits (multiple of 8) [default: 64]."),
+    method: str = typer.Option("s5vh", "--method", help="s5vh (train the model), or a training-free projection of "
+                               "mean frame features fitted in seconds: itq (PCA + rotation) or lsh (random "
+                               "hyperplanes). encode, index and query take any of them."),
     preset: str = typer.Option("default", "--preset", help="Hyper-parameter preset: default, fcv, act, ucf, hmdb, "
                                "demo."),
     behaviour: str = typer.Option("paper", "--behaviour", help="paper: the method as published; released: every "
                                   "departure of the authors' released code (docs/paper-vs-released.md)."),
-    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs (preset value when omitted)."),
-    batch_size: int | None = typer.Option(None, "--batch-size", help="Videos per step."),
+    epochs: int | None = typer.Option(None, "--epochs", help="Training epochs [default: the preset's; preset "
+                                      "default: enough for about 200 steps, 3 to 60]."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Videos per step [default: the preset's; "
+                                          "preset default: min(128, max(16, videos/8))]."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (cosine decay to min_lr)."),
     encoder: str | None = typer.Option(None, "--encoder", help="mamba (S5VH) or transformer (ConMH-style)."),
     device: str = typer.Option("auto", "--device", help="auto, cpu, cuda or cuda:N."),
@@ -50,6 +55,18 @@ def train_command(
     centers_mode: str | None = typer.Option(None, "--centers-mode", help="fixed (+-1 hash centres, frozen) or "
                                             "learned (trainable prototypes)."),
     label_pred: str | None = typer.Option(None, "--label-pred", help="Pseudo-label prediction: paper or released."),
+    transformed_views: bool | None = typer.Option(None, "--transformed-views/--no-transformed-views",
+                                                  help="Cut the two contrasted views from two different renderings "
+                                                  "of the video (features from `s5vh extract --views N`), so the "
+                                                  "codes learn what copies go through. Off in the paper."),
+    temporal_pool: int | None = typer.Option(None, "--temporal-pool", help="Pool frame codes over K consecutive "
+                                             "stretches of time, bits/K bits each, so codes change when the order "
+                                             "of frames does [default: 1, the mean over all frames, as the paper]. "
+                                             "Also for --method itq|lsh."),
+    reverse_negatives: bool | None = typer.Option(None, "--reverse-negatives/--no-reverse-negatives",
+                                                  help="Use each video played backwards as an extra negative of "
+                                                  "the contrastive loss, so codes depend on frame order. Off in "
+                                                  "the paper."),
     force: bool = typer.Option(False, "--force", help="Replace an existing OUTPUT model; the old one is kept "
                                "beside it as OUTPUT.<sha256 prefix>.kept, so indexes built with it still query."),
     nproc: int | None = typer.Option(None, "--nproc", help="Train on this many processes of this machine "
@@ -71,6 +88,9 @@ def train_command(
     if threads is not None and threads < 1:
         raise typer.BadParameter("must be at least 1", param_hint="--threads")
     _check.at_least(nproc, 1, "--nproc")
+    _check.at_least(epochs, 1, "--epochs")  # leave it out for the schedule chosen from the library size
+    _check.at_least(batch_size, 2, "--batch-size")
+    _check.at_least(temporal_pool, 1, "--temporal-pool")
     _check.at_least(max_restarts, 0, "--max-restarts")
     _check.existing_file(features, "a features file from `s5vh extract`")
     _check.existing_file(centers, "a centres file from `s5vh centers`")
@@ -86,12 +106,14 @@ def train_command(
                       max_restarts=max_restarts)
         raise typer.Exit(code)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
-    model_cfg = config.replace(model_cfg, bits=bits, encoder=encoder, tie_directions=tie_directions,
-                               decoder_order=decoder_order, mamba_init=mamba_init, centers_mode=centers_mode)
+    model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, temporal_pool=temporal_pool,
+                               tie_directions=tie_directions, decoder_order=decoder_order, mamba_init=mamba_init,
+                               centers_mode=centers_mode)
     train_cfg = config.replace(train_cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
                                val_fraction=val_fraction, label_pred=label_pred, mask_ratio=mask_ratio,
                                alpha=alpha, a_cluster=a_cluster, weight_decay=weight_decay,
-                               warm_up_epochs=warm_up_epochs)
+                               warm_up_epochs=warm_up_epochs, transformed_views=transformed_views,
+                               reverse_negatives=reverse_negatives)
     if seed is not None:
         centers_cfg = config.replace(centers_cfg, seed=seed)
     model_cfg.validate()
@@ -115,7 +137,10 @@ def train_command(
     # read and validate every input before printing anything, so bad input is exactly one line
     feats = artifacts.read_features(features)
     cents = artifacts.read_centers(centers) if centers is not None else None
-    sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    if model_cfg.method == "s5vh":
+        sink.log(f"preset: {preset}; behaviour: {behaviour}; {model_cfg.bits} bits; encoder {model_cfg.encoder}")
+    elif cents is not None:
+        sink.log(f"--method {model_cfg.method} uses no centres; ignoring {centers}")
     sink.log(f"features: {feats.n} videos x {feats.frames} frames x {feats.dim}-d ({feats.backbone})")
     try:
         summary = train(feats, cents, model_cfg, train_cfg, output, resume=resume, device=dev,
@@ -123,6 +148,12 @@ def train_command(
     finally:
         engine.close()
     last = summary["last"]
+    if model_cfg.method != "s5vh":
+        if not quiet:
+            console.print(printable(f"fitted {model_cfg.method.upper()} on the {summary['fit_on']} of "
+                                    f"{summary['n_train']} videos in {summary['seconds']:.2f} s; model: "
+                                    f"{summary['model']}"), highlight=False, markup=False)
+        return
     if not quiet:
         console.print(printable(f"trained {summary['epochs_run']} epoch(s) in {summary['seconds']:.1f} s; "
                                 f"final loss {last.get('loss', float('nan')):.4f}; model: {summary['model']}; "

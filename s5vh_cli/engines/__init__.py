@@ -45,6 +45,8 @@ class ExtractPlan:
     precision: str = "auto"
     decoder: str = "auto"  # video decoder: auto, pyav, opencv
     threads: int | None = None  # inference threads per process [default: the cores it may use]
+    views: int = 0  # transformed renderings per video (extract --views; the local engine only)
+    view_seed: int = 0
 
 
 @dataclass(frozen=True)

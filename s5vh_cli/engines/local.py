@@ -36,15 +36,20 @@ class LocalEngine:
 
     def extract(self, todo: list[tuple[str, str]], plan: ExtractPlan) -> Iterator[list[Row]]:
         from ..config import ExtractConfig
-        from ..extract import _decoded, _row_head, embed_clips
+        from ..extract import _decoded, _row_head, embed_clips, embed_views
 
-        cfg = ExtractConfig(frames=plan.frames, sampling=plan.sampling, decoder=plan.decoder)
+        cfg = ExtractConfig(frames=plan.frames, sampling=plan.sampling, decoder=plan.decoder, views=plan.views,
+                            view_seed=plan.view_seed)
         batch: list[tuple[str, Any]] = []
 
         def flush() -> list[Row]:
             feats = embed_clips(self._model, [c for _, c in batch], plan.videos_per_pass)
             t = plan.frames
-            out = [("ok", vid, clip.path, _row_head(vid, clip), feats[k * t:(k + 1) * t], clip.notes)
+            rows = [feats[k * t:(k + 1) * t] for k in range(len(batch))]
+            if plan.views:  # a row is the plain frames, then each view's frames
+                views = embed_views(self._model, [c for _, c in batch], plan.videos_per_pass)
+                rows = [np.concatenate([r, v]) for r, v in zip(rows, views, strict=True)]
+            out = [("ok", vid, clip.path, _row_head(vid, clip), rows[k], clip.notes)
                    for k, (vid, clip) in enumerate(batch)]
             batch.clear()
             return out

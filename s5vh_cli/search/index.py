@@ -53,7 +53,8 @@ from .backends.base import Entries
 
 META_SUFFIX = ".meta.h5"
 # Provenance copied from the codes artifact into the index and required to agree when codes are added.
-PROVENANCE_KEYS = ("model_path", "backbone", "backbone_sha256", "sampling", "frames", "feature_dim")
+PROVENANCE_KEYS = ("model_path", "backbone", "backbone_sha256", "sampling", "frames", "feature_dim", "method",
+                   "descriptor", "descriptor_frames", "segment_seconds", "hop_seconds")
 _AGREE_KEYS = ("backbone", "sampling", "frames")
 OnExisting = Literal["skip", "replace", "error"]
 ON_EXISTING = ("skip", "replace", "error")
@@ -101,9 +102,11 @@ def index_lock(index_path: str | os.PathLike, wait: bool = True) -> Iterator[Non
 
 
 def entry_identity(path: str, vid: str) -> str:
-    """What makes two entries the same video: the normalised absolute path, else the id."""
+    """What makes two entries the same video: the normalised absolute path, else the id. A window row
+    (``encode --segment``, id ``<video>#t=<start>,<end>``) is its video's path plus that time fragment."""
     if path:
-        return "path:" + os.path.normpath(os.path.abspath(path))
+        frag = vid[vid.rfind("#t="):] if "#t=" in vid else ""
+        return "path:" + os.path.normpath(os.path.abspath(path)) + frag
     return "id:" + vid
 
 
@@ -124,6 +127,10 @@ class HammingIndex:
     next_key: int = 0
     sources: list[dict[str, Any]] = field(default_factory=list)
     index_sha256: str = ""
+    # second-stage descriptors (encode --descriptor): float16 [N, L] or [N, F, L], row i belongs to keys[i]
+    descriptors: np.ndarray | None = None
+    # window rows (encode --segment): video_id [N] (list), start [N], end [N] seconds
+    segments: dict[str, Any] | None = None
     repaired: dict[str, Any] = field(default_factory=dict)  # what opening put back in line on a server backend
 
     @property
@@ -133,6 +140,19 @@ class HammingIndex:
     def entries(self) -> Entries:
         """The whole table as the backends take it."""
         return Entries(self.keys, self.codes, self.ids, self.paths)
+
+    @property
+    def descriptor(self) -> str:
+        if self.descriptors is None:
+            return "none"
+        return "soft" if self.descriptors.ndim == 2 else "frames"
+
+    def take(self, rows: np.ndarray) -> None:
+        """Keep only ``rows`` of the per-row extras (descriptors, window rows)."""
+        if self.descriptors is not None:
+            self.descriptors = self.descriptors[rows]
+        if self.segments is not None:
+            self.segments = _segments_take(self.segments, rows)
 
     @property
     def index_type(self) -> str:
@@ -205,6 +225,39 @@ def _check_compatible(h: HammingIndex, c: Codes, where: str) -> None:
         a, b = prov.get(k, ""), h.provenance.get(k, "")
         if a not in ("", None, "unknown") and b not in ("", None, "unknown") and str(a) != str(b):
             raise MismatchError(f"{name}: codes have {k}={a} but {where} has {k}={b}")
+    _check_extras(h.descriptors, h.segments, c, where)
+    for k in ("segment_seconds", "hop_seconds", "descriptor_frames"):
+        a, b = prov.get(k, ""), h.provenance.get(k, "")
+        if str(a) != str(b):
+            raise MismatchError(f"{name}: codes have {k}={a or '(none)'} but {where} has {k}={b or '(none)'}")
+
+
+def _segments_take(seg: dict[str, Any], rows: np.ndarray) -> dict[str, Any]:
+    rows = np.asarray(rows, dtype=np.int64)
+    return {"video_id": [seg["video_id"][i] for i in rows.tolist()], "start": np.asarray(seg["start"])[rows],
+            "end": np.asarray(seg["end"])[rows]}
+
+
+def _segments_concat(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    return {"video_id": [v for p in parts for v in p["video_id"]],
+            "start": np.concatenate([np.asarray(p["start"], np.float64) for p in parts]),
+            "end": np.concatenate([np.asarray(p["end"], np.float64) for p in parts])}
+
+
+def _check_extras(desc: np.ndarray | None, seg: dict[str, Any] | None, c: Codes, where: str) -> None:
+    """Codes added to an index must carry the same kind of descriptors and the same kind of rows (whole videos or
+    windows) as the index, so that every row can be re-ranked and voted on alike."""
+    name = str(c.path) if c.path else "codes"
+    have = "none" if desc is None else ("soft" if desc.ndim == 2 else "frames")
+    if c.descriptor != have or (desc is not None and c.descriptors is not None
+                                and c.descriptors.shape[1:] != desc.shape[1:]):
+        shape = "" if c.descriptors is None else f" {tuple(c.descriptors.shape[1:])}"
+        want = "" if desc is None else f" {tuple(desc.shape[1:])}"
+        raise MismatchError(f"{name}: codes carry descriptors {c.descriptor}{shape} but {where} holds {have}{want}; "
+                            "encode them with the same --descriptor and --descriptor-frames")
+    if (c.segments is None) != (seg is None):
+        raise MismatchError(f"{name}: codes of {'whole videos' if c.segments is None else 'time windows'} cannot "
+                            f"join {where}, which holds {'whole videos' if seg is None else 'time windows'}")
 
 
 def _source_entry(c: Codes, count: int) -> dict[str, Any]:
@@ -287,6 +340,14 @@ def _write_meta(h: HammingIndex, tmp: Path, command: str) -> None:
         f.create_dataset("codes", data=np.asarray(h.codes, dtype=np.uint8).reshape(-1, h.bits // 8))
         artifacts._write_ids_paths(f, list(h.ids), list(h.paths))
         artifacts.write_records(f, h.records, h.n)
+        if h.descriptors is not None:
+            f.create_dataset("descriptors", data=np.asarray(h.descriptors, dtype=np.float16))
+        if h.segments is not None:
+            g = f.create_group("segments")
+            g.create_dataset("video_id", data=np.array(list(h.segments["video_id"]), dtype=object),
+                             dtype=artifacts.STR)
+            g.create_dataset("start", data=np.asarray(h.segments["start"], np.float64))
+            g.create_dataset("end", data=np.asarray(h.segments["end"], np.float64))
 
 
 def _int_attr(f: h5py.File, key: str, where: Path, default: int | None = None) -> int:
@@ -379,6 +440,7 @@ def _open_once(path: Path, params: IndexParams | None, retries: int, progress: P
             options = artifacts.read_json_attr(f, "backend_options")
             model_sha = artifacts._attr_str(f, "model_sha256")
             next_key = _int_attr(f, "next_key", mpath, default=n)
+            descriptors, segments = _read_extras(f, n, mpath)
         break
     try:
         cls = get_backend(backend_name)
@@ -419,7 +481,25 @@ def _open_once(path: Path, params: IndexParams | None, retries: int, progress: P
         backend.apply_params(p)
     return HammingIndex(path=path, backend=backend, bits=bits, keys=keys, ids=ids, paths=paths, codes=codes,
                         records=records, model_sha256=model_sha, provenance=prov, next_key=next_key,
-                        sources=sources, index_sha256=sha, repaired=repaired)
+                        sources=sources, index_sha256=sha, repaired=repaired, descriptors=descriptors,
+                        segments=segments)
+
+
+def _read_extras(f: h5py.File, n: int, where: Path) -> tuple[np.ndarray | None, dict[str, Any] | None]:
+    """Descriptors and window rows of an index's metadata, checked against its row count."""
+    desc = seg = None
+    if "descriptors" in f:
+        d = f["descriptors"]
+        if d.ndim not in (2, 3) or d.shape[0] != n or d.dtype.kind != "f":
+            raise ArtifactError(f"{where}: damaged index metadata (descriptors {d.dtype} {d.shape} for {n} rows)")
+        desc = d[()]
+    if "segments" in f:
+        g = f["segments"]
+        if not all(k in g for k in ("video_id", "start", "end")) or any(g[k].shape != (n,) for k in g):
+            raise ArtifactError(f"{where}: damaged index metadata (segments do not hold one row per entry)")
+        seg = {"video_id": [str(x) for x in g["video_id"].asstr()[()]], "start": g["start"][()].astype(np.float64),
+               "end": g["end"][()].astype(np.float64)}
+    return desc, seg
 
 
 def _repair(path: Path, mpath: Path, mstat: tuple[int, int, int] | None, backend: IndexBackend, table: Entries,
@@ -532,6 +612,12 @@ def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_ty
     ids = [i for c in parts for i in c.ids]
     paths = [p for c in parts for p in c.paths]
     records = artifacts.concat_records([_records_of(c) for c in parts])
+    for c in parts[1:]:
+        _check_extras(first.descriptors, first.segments, c, str(first.path))
+    descriptors = None
+    if first.descriptors is not None:
+        descriptors = np.concatenate([c.descriptors for c in parts]) if len(parts) > 1 else first.descriptors
+    segments = _segments_concat([c.segments for c in parts]) if first.segments is not None else None
     keep, dropped = _dedupe_rows(ids, paths)
     if dropped:
         progress.log(f"{dropped} repeated video(s) in the codes indexed once")
@@ -546,7 +632,9 @@ def build_index(codes: Codes | Sequence[Codes], out: str | os.PathLike, index_ty
         h = HammingIndex(path=None, backend=be, bits=first.bits, keys=keys, ids=list(entries.ids),
                          paths=list(entries.paths), codes=codes_arr,
                          records={k: v[keep] for k, v in records.items()}, model_sha256=first.model_sha256,
-                         provenance=prov, next_key=int(keep.size))
+                         provenance=prov, next_key=int(keep.size),
+                         descriptors=None if descriptors is None else descriptors[keep],
+                         segments=None if segments is None else _segments_take(segments, keep))
         for c in parts[1:]:
             _check_compatible(h, c, f"{first.path}")
         h.sources = [_source_entry(c, c.n) for c in parts]
@@ -717,6 +805,10 @@ def merge_codes(h: HammingIndex, codes: Codes, on_existing: OnExisting, progress
     h.ids = h.ids + [codes.ids[r] for r in take]
     h.paths = h.paths + [codes.paths[r] for r in take]
     h.records = artifacts.concat_records([h.records, {k: v[take_arr] for k, v in crec.items()}])
+    if h.descriptors is not None:
+        h.descriptors = np.concatenate([h.descriptors, codes.descriptors[take_arr]])
+    if h.segments is not None:
+        h.segments = _segments_concat([h.segments, _segments_take(codes.segments, take_arr)])
     h.next_key += int(take_arr.size)
     h.sources.append(_source_entry(codes, int(take_arr.size)))
     report.added = new_keys
@@ -731,6 +823,7 @@ def drop_keys(h: HammingIndex, gone: np.ndarray, progress: Progress) -> None:
     h.ids = [i for i, k in zip(h.ids, keep, strict=True) if k]
     h.paths = [p for p, k in zip(h.paths, keep, strict=True) if k]
     h.records = {k: v[keep] for k, v in h.records.items()}
+    h.take(np.nonzero(keep)[0])
     h.backend.remove(gone, h.entries(), progress)
     if h.backend.ntotal != h.n:
         raise ArtifactError(f"{h.path}: removal left {h.backend.ntotal} codes, expected {h.n}")

@@ -134,11 +134,14 @@ def sync(folder: str | os.PathLike, index_path: str | os.PathLike, *, model_path
     """Make ``index_path`` hold exactly the videos under ``folder`` (plus its entries from elsewhere)."""
     from ..config import ExtractConfig
     from ..extract import extract
-    from .query import _clip_settings, _encode, _ModelCache
+    from .query import _clip_settings, _encode_like_index, _ModelCache
 
     progress = progress or NULL
     index_path = Path(index_path)
     h = open_index(index_path)
+    if h.segments is not None:
+        raise InputError(f"{index_path}: an index of time windows (encode --segment) is rebuilt, not synced: "
+                         "extract, encode --segment and index again")
     plan = plan_sync(h, folder)
     report = SyncReport(index=str(index_path), folder=plan.folder, unchanged=plan.unchanged, dry_run=dry_run)
     todo = [(v, p) for v, p, _ in plan.extract]
@@ -164,12 +167,14 @@ def sync(folder: str | os.PathLike, index_path: str | os.PathLike, *, model_path
         report.failed = list(res.failed)
         if res.videos:
             f = artifacts.read_features(feats_path)
-            c = _encode(cache, f.feats, batch_size, progress)
+            # codes (and descriptors) exactly like the index's, so every row can be re-ranked alike
+            c, desc = _encode_like_index(cache, h, f.feats, batch_size, progress)
             from ..encode import _records
 
+            keys = ("backbone", "sampling", "frames", "descriptor_frames", "segment_seconds", "hop_seconds")
             codes = artifacts.Codes(path=feats_path, codes=c, ids=f.ids, paths=f.paths, bits=h.bits,
-                                    model_sha256=h.model_sha256, meta=_records(f),
-                                    attrs={k: h.provenance.get(k, "") for k in ("backbone", "sampling", "frames")})
+                                    model_sha256=h.model_sha256, meta=_records(f), descriptors=desc,
+                                    attrs={k: h.provenance.get(k, "") for k in keys})
     with index_lock(index_path):
         h = open_index(index_path)  # another writer may have changed it while we extracted
         changed = False
