@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from s5vh_cli.errors import BackendError, InputError, S5VHError
+from s5vh_cli.linear import fit_itq, fit_lsh
 
 
 @dataclass
@@ -75,10 +76,8 @@ def _check_bits(bits: int) -> None:
 def lsh(train_means: np.ndarray, bits: int, seed: int = 0) -> LinearHashEncoder:
     """Random Gaussian hyperplanes through the mean of the training features."""
     _check_bits(bits)
-    x = _as_matrix(train_means)
-    rng = np.random.default_rng(seed)
-    w = rng.standard_normal((x.shape[1], bits))
-    return LinearHashEncoder("lsh", x.mean(axis=0), w, {"bits": bits, "seed": seed})
+    mean, w = fit_lsh(_as_matrix(train_means), bits, seed)  # the same fit as `s5vh train --method lsh`
+    return LinearHashEncoder("lsh", mean, w, {"bits": bits, "seed": seed})
 
 
 def itq(train_means: np.ndarray, bits: int, n_iter: int = 50, seed: int = 0) -> LinearHashEncoder:
@@ -87,27 +86,8 @@ def itq(train_means: np.ndarray, bits: int, n_iter: int = 50, seed: int = 0) -> 
     ``loss_history[i]`` is the quantisation loss after iteration i (it never increases).
     """
     _check_bits(bits)
-    x = _as_matrix(train_means)
-    n, d = x.shape
-    if bits > min(n, d):
-        raise InputError(f"ITQ with {bits} bits needs at least {bits} training videos and feature dimensions "
-                         f"(have {n} videos of {d} dimensions)")
-    mean = x.mean(axis=0)
-    xc = x - mean
-    cov = xc.T @ xc / max(n - 1, 1)
-    evals, evecs = np.linalg.eigh(cov)
-    pca = evecs[:, np.argsort(evals)[::-1][:bits]]  # [D, bits]
-    v = xc @ pca
-    rng = np.random.default_rng(seed)
-    r, _ = np.linalg.qr(rng.standard_normal((bits, bits)))
-    history = []
-    for _ in range(n_iter):
-        b = np.where(v @ r >= 0, 1.0, -1.0)
-        # Orthogonal Procrustes: the R that best maps V onto B.
-        u, _, vt = np.linalg.svd(b.T @ v)
-        r = (u @ vt).T
-        history.append(float(np.sum((np.where(v @ r >= 0, 1.0, -1.0) - v @ r) ** 2)))
-    return LinearHashEncoder("itq", mean, pca @ r, {"bits": bits, "seed": seed, "n_iter": n_iter}, history)
+    mean, projection, history = fit_itq(_as_matrix(train_means), bits, n_iter, seed)  # as `s5vh train --method itq`
+    return LinearHashEncoder("itq", mean, projection, {"bits": bits, "seed": seed, "n_iter": n_iter}, history)
 
 
 # ----------------------------------------------------------------------------------------------------------
