@@ -387,6 +387,21 @@ def _read_metrics(path: Path, upto: int) -> list[dict[str, Any]]:
 # ----------------------------------------------------------------------------------------------------------
 # training-free methods
 # ----------------------------------------------------------------------------------------------------------
+def _check_model_output(out_path: str | os.PathLike, inputs: dict[str, Any], replace: bool) -> Path:
+    """The model file a fit will write: its folder exists, it is not a folder or an input, and an existing model
+    is replaced only when asked (an index records its model's sha256 and clip queries need it byte for byte)."""
+    out = Path(out_path)
+    if not out.parent.is_dir():
+        raise InputError(f"{out.parent}: output folder does not exist")
+    if out.is_dir():
+        raise InputError(f"{out}: is a folder, expected a model file name")
+    artifacts.check_not_input(out, inputs)
+    if out.is_file() and not replace:
+        raise InputError(f"{out}: a model is there already (indexes built with it need it to query clips); "
+                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
+    return out
+
+
 def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfig, out_path: str | os.PathLike,
                progress: Progress | None = None, force: bool = False) -> dict[str, Any]:
     """Fit LSH or ITQ (``model_cfg.method``) on ``features`` and write a model file that encode/index/query take
@@ -394,15 +409,7 @@ def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfi
     from .linear import LinearHash, fit_itq, fit_lsh
 
     progress = progress or NULL
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise InputError(f"{out_path.parent}: output folder does not exist")
-    if out_path.is_dir():
-        raise InputError(f"{out_path}: is a folder, expected a model file name")
-    artifacts.check_not_input(out_path, {"features": features.path})
-    if out_path.is_file() and not force:
-        raise InputError(f"{out_path}: a model is there already (indexes built with it need it to query clips); "
-                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
+    out_path = _check_model_output(out_path, {"features": features.path}, replace=force)
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames).validate()
     t0 = time.perf_counter()
@@ -461,17 +468,9 @@ def train(features: Features, centers: Centers | None, model_cfg: ModelConfig, t
     if model_cfg.method != "s5vh":
         return fit_linear(features, model_cfg, train_cfg, out_path, progress, force=force)
     progress = progress or NULL
-    out_path = Path(out_path)
-    if not out_path.parent.is_dir():
-        raise InputError(f"{out_path.parent}: output folder does not exist")
-    if out_path.is_dir():
-        raise InputError(f"{out_path}: is a folder, expected a model file name")
-    artifacts.check_not_input(out_path, {"features": features.path,
-                                         "centers": centers.path if centers is not None else None})
-    if out_path.is_file() and not resume and not force:
-        # an index records this model's sha256 and clip queries need it byte for byte
-        raise InputError(f"{out_path}: a model is there already (indexes built with it need it to query clips); "
-                         "choose another -o, or pass --force to replace it (the old model is kept beside it)")
+    out_path = _check_model_output(out_path, {"features": features.path,
+                                              "centers": centers.path if centers is not None else None},
+                                   replace=resume or force)
     train_cfg = dataclasses.replace(train_cfg).validate()
     model_cfg = dataclasses.replace(model_cfg, feature_dim=features.dim, frames=features.frames)
     view_sizes(model_cfg.frames, train_cfg.mask_ratio)
