@@ -111,6 +111,7 @@ def tiny_cd(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow  # 12 s of benchmark plumbing; the tiny run above covers the runner in the default suite
 def test_copy_detection_run_fits_on_database_and_marks_itq_not_applicable(tiny_cd, tmp_path):
     work = tmp_path / "work"
     argv = ["--data", str(tiny_cd), "--workdir", str(work), "--tiny", "--threads", "1", "--in-process",

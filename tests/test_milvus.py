@@ -291,6 +291,7 @@ def test_sync_and_dedup_on_a_milvus_index(milvus, opts, work, capsys):
 # ----------------------------------------------------------------------------------------------------------
 # refusals
 # ----------------------------------------------------------------------------------------------------------
+@pytest.mark.slow  # 11 s; the default run keeps every other Milvus test
 def test_collections_of_others_are_not_touched(milvus, opts, tmp_path, capsys, monkeypatch):
     a = make_codes(tmp_path / "a.h5", 50, bits=32)
     I.build_index(a, tmp_path / "one.bin", backend="milvus", backend_options=opts)

@@ -284,7 +284,10 @@ def test_damaged_model_file(pipe, work, capsys, stage, fault):
 
 @pytest.mark.parametrize("fault", ["noindex", "nometa", "swapped", "junkindex", "zeroindex", "metakind",
                                    "metacodes", "otherpair"])
-@pytest.mark.parametrize("stage", ["query", "info", "add", "remove"])
+# every fault through a reader (query) and a writer (add) by default; info and remove open the index the same
+# way and run in the slow run (about 19 s)
+@pytest.mark.parametrize("stage", ["query", pytest.param("info", marks=pytest.mark.slow), "add",
+                                   pytest.param("remove", marks=pytest.mark.slow)])
 def test_damaged_index(pipe, work, capsys, stage, fault):
     idx, meta = work / "index.bin", work / "index.bin.meta.h5"
     if fault == "noindex":
