@@ -22,6 +22,7 @@ from s5vh_cli.extract import collect_inputs, extract, extract_clips
 from s5vh_cli.progress import Recorder
 
 sys.path.insert(0, str(Path(__file__).parent))
+from private_net import marked_processes  # noqa: E402
 from test_video import make_index_video  # noqa: E402
 
 T = 4
@@ -166,10 +167,10 @@ def test_resume_after_sigkill(tmp_path, weights):
     proc.wait()
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     for _ in range(50):  # the decode worker dies with its main process
-        if not _marked_processes(str(tmp_path)):
+        if not marked_processes(str(tmp_path)):
             break
         time.sleep(0.1)
-    assert not _marked_processes(str(tmp_path)), "a decode worker outlived the killed run"
+    assert not marked_processes(str(tmp_path)), "a decode worker outlived the killed run"
     assert part.exists() and not out.exists()
     subprocess.run(cmd, env=env, check=True, timeout=300)
     assert not part.exists()
@@ -181,17 +182,6 @@ def test_resume_after_sigkill(tmp_path, weights):
     np.testing.assert_allclose(got.feats, want.feats, rtol=1e-4, atol=1e-5)
     for k in ("frame_indices", "frame_count", "valid_frames"):
         np.testing.assert_array_equal(got.meta[k], want.meta[k])
-
-
-def _marked_processes(mark: str) -> list[int]:
-    found = []
-    for d in Path("/proc").glob("[0-9]*"):
-        try:
-            if f"S5VH_TEST_MARK={mark}".encode() in (d / "environ").read_bytes().split(b"\0"):
-                found.append(int(d.name))
-        except OSError:
-            continue
-    return found
 
 
 def test_float16_and_fps_sampling(tmp_path, weights):

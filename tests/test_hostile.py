@@ -18,6 +18,8 @@ S5VH = [sys.executable, "-m", "s5vh_cli"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "S5VH_DEBUG": ""}
 ROOT = Path(__file__).resolve().parent.parent
 
+sys.path.insert(0, str(Path(__file__).parent))
+from test_reliability import assert_one_line_error as one_line_error  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
 # racing writers
@@ -124,17 +126,6 @@ def cli(capsys, *args) -> tuple[int, str, str]:
         rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     out, err = capsys.readouterr()
     return rc, out, err
-
-
-def one_line_error(rc: int, err: str, *names: str) -> str:
-    assert "Traceback" not in err, err
-    assert "internal error" not in err, err
-    errors = [ln for ln in err.splitlines() if ln.startswith("error:")]
-    assert rc == 2, f"exit code {rc}\n{err}"
-    assert len(errors) == 1, err
-    for n in names:
-        assert n in errors[0], f"{n!r} not named in: {errors[0]}"
-    return errors[0]
 
 
 def synthetic_features(path: Path, n: int = 12, frames: int = 4, dim: int = 16, ids=None, seed: int = 0) -> Path:
