@@ -19,6 +19,7 @@ ENV = {**os.environ, "OMP_NUM_THREADS": "1", "S5VH_DEBUG": ""}
 ROOT = Path(__file__).resolve().parent.parent
 
 sys.path.insert(0, str(Path(__file__).parent))
+from library import cli  # noqa: E402
 from test_reliability import assert_one_line_error as one_line_error  # noqa: E402
 
 # ----------------------------------------------------------------------------------------------------------
@@ -115,19 +116,6 @@ def test_output_lock_excludes_n_racing_processes(tmp_path, kind):
 # ----------------------------------------------------------------------------------------------------------
 # a small pipeline on synthetic features (no videos): features, centres, model, codes, index, labels
 # ----------------------------------------------------------------------------------------------------------
-def cli(capsys, *args) -> tuple[int, str, str]:
-    from s5vh_cli.cli import main
-
-    capsys.readouterr()
-    try:
-        main([str(a) for a in args])
-        rc = 0
-    except SystemExit as e:
-        rc = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return rc, out, err
-
-
 def synthetic_features(path: Path, n: int = 12, frames: int = 4, dim: int = 16, ids=None, seed: int = 0) -> Path:
     import numpy as np
 
