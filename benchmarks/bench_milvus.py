@@ -38,6 +38,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
+from benchmarks.bench_search import best_of  # noqa: E402
 from s5vh_cli.progress import Progress  # noqa: E402
 from s5vh_cli.search.backends.base import Entries, IndexParams  # noqa: E402
 from s5vh_cli.search.backends.faiss import FaissBackend  # noqa: E402
@@ -74,15 +75,6 @@ def rss_bytes() -> int:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) * 1024
     return 0
-
-
-def best_of(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return min(times)
 
 
 def wrap(backend: Any, bits: int, n: int) -> HammingIndex:
