@@ -46,3 +46,16 @@ def marked_processes(mark: str) -> list[int]:
         except OSError:
             continue
     return [p for p in found if p != os.getpid()]
+
+
+def processes_left(mark: str, seconds: float = 20.0) -> list[int]:
+    """``marked_processes(mark)`` after waiting up to ``seconds`` for them to exit (daemons stop a moment after
+    the command that started them)."""
+    import time
+
+    for _ in range(int(seconds / 0.2)):
+        left = marked_processes(mark)
+        if not left:
+            return left
+        time.sleep(0.2)
+    return marked_processes(mark)

@@ -29,7 +29,7 @@ from s5vh_cli.model import S5VH
 from s5vh_cli.progress import Recorder
 
 sys.path.insert(0, str(Path(__file__).parent))
-from private_net import marked_processes, private_net
+from private_net import private_net, processes_left
 from test_backbones import MNV2, need_assets
 from test_video import make_index_video
 
@@ -143,11 +143,7 @@ def test_ray_engine_equals_local(tmp_path, own):
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert p.returncode == 0, p.stderr[-4000:]
     print(f"Ray runs: {time.perf_counter() - t0:.1f} s")
-    for _ in range(100):  # Ray's daemons stop a moment after the driver
-        if not marked_processes(mark):
-            break
-        time.sleep(0.2)
-    assert not marked_processes(mark), "processes of the test's Ray cluster are still running"
+    assert not processes_left(mark), "processes of the test's Ray cluster are still running"
 
     if own:
         assert_same_artifact(tmp_path / "ray.h5", tmp_path / "local.h5")
@@ -226,11 +222,7 @@ def test_crashing_decoder_is_isolated(tmp_path):
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert p.returncode == 0, p.stderr[-4000:]
-    for _ in range(100):
-        if not marked_processes(mark):
-            break
-        time.sleep(0.2)
-    assert not marked_processes(mark)
+    assert not processes_left(mark)
     got = read_features(tmp_path / "ray.h5")
     assert sorted(got.ids) == [f"v{i}.mp4" for i in range(4)]
     (path, reason), = read_failures(tmp_path / "ray.h5")
@@ -275,11 +267,7 @@ def test_ray_client_and_auto_addresses(tmp_path):
     finally:
         shutil.rmtree(ray_tmp, ignore_errors=True)
     assert p.returncode == 0, p.stderr[-4000:]
-    for _ in range(100):
-        if not marked_processes(mark):
-            break
-        time.sleep(0.2)
-    assert not marked_processes(mark)
+    assert not processes_left(mark)
     extract([str(vids)], tmp_path / "local.h5", config=ExtractConfig(frames=T, batch_size=BATCH),
             weights=str(MNV2), device="cpu", workers=0)
     for name in ("ray___127_0_0_1_10001", "auto"):
