@@ -10,7 +10,8 @@ the database videos (no labels), encodes queries and database, and scores:
   +flip      each database video's best distance over the query and its mirror image (`s5vh query --flip`)
 
 Methods: ``cosine`` (float cosine of mean frame features: the free reference), ``lsh``, ``itq`` (`s5vh train
---method`), ``s5vh`` (the method as published), ``s5vh_views`` (+ --transformed-views), ``s5vh_reverse``
+--method`), ``lsh_w``, ``itq_w`` (the same on frames whitened by what the database's own renderings change:
+`s5vh train --method itq --whiten 256`, needs the database features with views), ``s5vh`` (the method as published), ``s5vh_views`` (+ --transformed-views), ``s5vh_reverse``
 (+ --reverse-negatives), ``s5vh_views_reverse`` (both); for the diagnosis, ``s5vh_noca`` and ``s5vh_views_noca``
 (the centre-alignment weight set to 0).
 
@@ -41,7 +42,7 @@ from s5vh_cli.artifacts import read_features
 from s5vh_cli.codes import hamming, topk_from_distances
 from s5vh_cli.descriptors import normalise, sequence_similarity, soft_similarity
 
-METHODS = ("cosine", "lsh", "itq", "s5vh", "s5vh_views", "s5vh_reverse", "s5vh_views_reverse", "s5vh_noca",
+METHODS = ("cosine", "lsh", "itq", "lsh_w", "itq_w", "s5vh", "s5vh_views", "s5vh_reverse", "s5vh_views_reverse", "s5vh_noca",
            "s5vh_views_noca")
 TRAIN_OPTIONS = {"s5vh": {}, "s5vh_views": {"transformed_views": True}, "s5vh_reverse": {"reverse_negatives": True},
                  "s5vh_views_reverse": {"transformed_views": True, "reverse_negatives": True},
@@ -200,15 +201,18 @@ class Bench:
         from s5vh_cli.train import train
 
         mcfg, tcfg, ccfg = config.preset(self.a.preset, "paper")
-        mcfg = dataclasses.replace(mcfg, bits=bits, method=method if method in ("lsh", "itq") else "s5vh")
+        linear = method.split("_")[0] if method.split("_")[0] in ("lsh", "itq") else None
+        mcfg = dataclasses.replace(mcfg, bits=bits, method=linear or "s5vh",
+                                   whiten_dim=self.a.whiten_dim if method.endswith("_w") else 0)
         over = {"seed": self.a.seed}
         if self.a.epochs:
             over["epochs"] = self.a.epochs
         if self.a.batch_size:
             over["batch_size"] = self.a.batch_size
         tcfg = dataclasses.replace(tcfg, **over, **TRAIN_OPTIONS.get(method, {}))
-        feats = self.db_views if tcfg.transformed_views else self.db
-        if tcfg.transformed_views and feats is None:
+        needs_views = tcfg.transformed_views or mcfg.whiten_dim
+        feats = self.db_views if needs_views else self.db
+        if needs_views and feats is None:
             return None, None
         path = self.out / "models" / f"{method}{bits}.pt"
         path.parent.mkdir(exist_ok=True)
@@ -282,6 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--methods", default=",".join(METHODS))
     ap.add_argument("--rerank", default="20", help="comma-separated K for re-ranking (empty: none)")
     ap.add_argument("--descriptor-frames", type=int, default=8)
+    ap.add_argument("--whiten-dim", type=int, default=256, help="dimensions of the lsh_w/itq_w whitening")
     ap.add_argument("--preset", default="default")
     ap.add_argument("--epochs", type=int)
     ap.add_argument("--batch-size", type=int)

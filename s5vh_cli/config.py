@@ -51,6 +51,10 @@ class ModelConfig:
     # code (bits/K bits) comes from the frames of stretch s only, so the code changes when the order does. 1 = the
     # paper's mean over all frames.
     temporal_pool: int = 1
+    # Training-free methods only: project every frame feature by a whitening learnt from the library's own
+    # transformed renderings (``extract --views``; s5vh_cli.linear.fit_whitening) to this many dimensions before
+    # hashing, and use the whitened frames as the re-ranking descriptor. 0 = off (the raw features).
+    whiten_dim: int = 0
 
     def validate(self) -> ModelConfig:
         """Types and ranges of every field, so that an ill-typed or absurd config (from a damaged or crafted model
@@ -71,6 +75,12 @@ class ModelConfig:
         if self.bits % self.temporal_pool or self.temporal_pool > self.frames:
             raise InputError(f"temporal_pool {self.temporal_pool} must divide bits {self.bits} and be at most the "
                              f"{self.frames} frames")
+        if self.whiten_dim:
+            if self.method == "s5vh":
+                raise InputError("whiten_dim (--whiten) is for the training-free methods (--method itq|lsh)")
+            if self.whiten_dim > self.feature_dim or self.bits // self.temporal_pool > self.whiten_dim:
+                raise InputError(f"whiten_dim {self.whiten_dim} must be at most the feature dimension "
+                                 f"{self.feature_dim} and at least {self.bits // self.temporal_pool} (bits per stretch)")
         _is("drop_path", self.drop_path, (int, float))
         if not 0.0 <= float(self.drop_path) < 1.0:
             raise InputError(f"drop_path must be in [0, 1), got {self.drop_path}")
@@ -84,7 +94,7 @@ class ModelConfig:
 # Bounds of the integer fields of ModelConfig: far beyond any real model, tight enough that a damaged or crafted
 # config cannot ask for gigabytes (the weights' shapes are checked against the config before anything is built).
 _MODEL_INT_RANGES = {
-    "temporal_pool": (1, 64),
+    "temporal_pool": (1, 64), "whiten_dim": (0, 1 << 16),
     "feature_dim": (1, 1 << 16), "frames": (2, 10_000), "bits": (8, 4096), "d_model": (1, 1 << 14),
     "depth": (1, 512), "dec_d_model": (1, 1 << 14), "dec_depth": (1, 512), "d_state": (1, 1024),
     "d_conv": (1, 64), "expand": (1, 64), "n_heads": (1, 1024), "ffn_dim": (1, 1 << 16), "n_clusters": (1, 1 << 20),

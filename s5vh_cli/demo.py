@@ -1,7 +1,8 @@
 """A demo corpus the project makes itself: short clips of moving, textured shapes in a few visual classes.
 
 Each class has its own shape, colour, background texture and motion; clips of one class differ in start
-position, speed, size, colour jitter and texture phase. Held-out query clips are drawn with another seed, and
+position, speed, size, colour jitter and texture phase, and each clip has its own static scenery (a few muted
+blocks and bars placed at random), as two takes of one kind of scene differ in real footage. Held-out query clips are drawn with another seed, and
 one "copy" query is a cropped, re-encoded version of an indexed clip, so a person can check the answers by eye:
 file names carry the class.
 """
@@ -70,6 +71,20 @@ def _draw(frame: np.ndarray, cls: str, cx: float, cy: float, r: float, angle: fl
             cv2.rectangle(frame, (x0 - 3, int(cy - r)), (x0 + 3, int(cy + r)), colour, -1)
 
 
+def _scenery(size: int, rng: np.random.Generator) -> list[tuple]:
+    """A clip's own static props: 3-5 muted blocks and ellipses at random places, drawn under the moving shape."""
+    out = []
+    for _ in range(int(rng.integers(3, 6))):
+        col = tuple(int(c) for c in rng.integers(30, 170, size=3))
+        x, y = (int(v) for v in rng.integers(0, size, size=2))
+        w, h = (int(v) for v in rng.integers(size // 10, size // 3, size=2))
+        if rng.random() < 0.5:
+            out.append(("block", (x - w // 2, y - h // 2), (x + w // 2, y + h // 2), col))
+        else:
+            out.append(("ellipse", (x, y), (w // 2, h // 2), col))
+    return out
+
+
 def render_clip(path: Path, cls: str, rng: np.random.Generator, *, size: int = 96, n_frames: int = 24,
                 fps: float = 12.0) -> None:
     """Write one clip of class ``cls`` with OpenCV's mp4v encoder."""
@@ -85,10 +100,16 @@ def render_clip(path: Path, cls: str, rng: np.random.Generator, *, size: int = 9
     if not writer.isOpened():
         raise InputError(f"{path}: OpenCV cannot write mp4v video here")
     bg_rng_seed = int(rng.integers(1 << 31))
+    scenery = _scenery(size, rng)
     try:
         for f in range(n_frames):
             t = f / n_frames
             frame = _background(k, size, np.random.default_rng(bg_rng_seed), t)
+            for kind, p0, p1, col in scenery:
+                if kind == "block":
+                    cv2.rectangle(frame, p0, p1, col, -1)
+                else:
+                    cv2.ellipse(frame, p0, p1, 0, 0, 360, col, -1, cv2.LINE_AA)
             a = direction * speed * 2 * math.pi * t
             # each class has its own motion pattern
             if k == 0:

@@ -71,7 +71,11 @@ def encode_with_descriptors(model: torch.nn.Module, feats: np.ndarray, descripto
                     bits = model.bits_from_soft(h).cpu().numpy()
                 out[s:s + len(bits)] = np.packbits(bits, axis=1)
                 if descriptor != "none":
-                    part = model.soft_video(h) if descriptor == "soft" else h[:, pos.to(h.device)]
+                    if descriptor == "soft":
+                        part = model.soft_video(h)
+                    else:  # a model may describe frames by more than its codes (a linear model's whitening)
+                        frames_of = getattr(model, "frame_descriptors", None)
+                        part = (frames_of(x) if frames_of is not None else h)[:, pos.to(h.device)]
                     if desc is None:
                         desc = np.empty((n, *part.shape[1:]), np.float16)
                     desc[s:s + len(bits)] = part.float().cpu().numpy()

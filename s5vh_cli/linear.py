@@ -7,6 +7,13 @@
 A video's code is ``sign((mean_t x_t - mu) @ P)`` (bit 1 when >= 0): the projection of its mean frame feature.
 The continuous value before the sign (the "soft code") and the projection of every frame are what
 ``s5vh encode --descriptor`` stores for re-ranking.
+
+With ``--whiten DIM`` (``ModelConfig.whiten_dim``) every frame feature x is first mapped to
+``z = normalise((sqrt(max(x, 0)) - m) @ W)``, a learnt whitening (Radenovic et al., 2018) fitted on the library's
+own transformed renderings from ``s5vh extract --views N``, without labels: W first whitens the differences
+between a frame of a rendering and its best-matching frame of the original (what a copy changes), then keeps the
+``DIM`` directions in which the whitened frames spread most (what tells videos apart). The hash is then fitted and
+applied to z instead of x, and z at the descriptor's frames is the re-ranking descriptor.
 """
 
 from __future__ import annotations
@@ -64,12 +71,70 @@ def fit_itq(x: np.ndarray, bits: int, n_iter: int = 50, seed: int = 0) -> tuple[
     return mean, pca @ r, history
 
 
+WHITEN_POWER = 0.5  # signed square root of the (non-negative) CNN features before whitening
+WHITEN_SHRINK = 0.1  # share of the mean eigenvalue added to the copy-difference covariance's diagonal
+
+
+def _powered(x: np.ndarray) -> np.ndarray:
+    return np.sqrt(np.maximum(np.asarray(x, np.float64), 0.0))
+
+
+def fit_whitening(feats: np.ndarray, views: np.ndarray, dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """(mean m [D], projection W [D, dim]) of the learnt whitening (module docstring) from frame features
+    ``feats`` [N, T, D] and their transformed renderings ``views`` [N, V, T, D].
+
+    Pairs: every frame of every rendering with the frame of its original that it is most similar to (cosine), so
+    sub-clips and frame-rate changes pair up too. Covariances are summed one video at a time (memory D x D).
+    """
+    n, t, d = feats.shape
+    if views is None or views.ndim != 4 or views.shape[0] != n or views.shape[2:] != feats.shape[1:]:
+        raise InputError("the whitening needs the transformed renderings of every video: extract the training "
+                         "features with `s5vh extract --views N`")
+    if not 1 <= dim <= d:
+        raise InputError(f"whitening dimensions must be between 1 and the feature dimension {d}, got {dim}")
+    cs = np.zeros((d, d))
+    sx = np.zeros(d)
+    sxx = np.zeros((d, d))
+    pairs = rows = 0
+    for i in range(n):
+        x = _powered(feats[i])  # [T, D]
+        v = _powered(views[i]).reshape(-1, d)  # [V*T, D]
+        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        vn = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        diff = v - x[(vn @ xn.T).argmax(axis=1)]
+        cs += diff.T @ diff
+        pairs += len(diff)
+        both = np.concatenate([x, v])
+        sx += both.sum(axis=0)
+        sxx += both.T @ both
+        rows += len(both)
+    cs /= pairs
+    cs += WHITEN_SHRINK * np.trace(cs) / d * np.eye(d)
+    evals, evecs = np.linalg.eigh(cs)
+    w = evecs @ np.diag(np.maximum(evals, 1e-12) ** -0.5) @ evecs.T  # cs^(-1/2)
+    mean = sx / rows
+    cov = sxx / rows - np.outer(mean, mean)
+    evals2, evecs2 = np.linalg.eigh(w.T @ cov @ w)
+    keep = np.argsort(evals2)[::-1][:dim]
+    return mean, w @ evecs2[:, keep]
+
+
+def apply_whitening(x: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
+    """Whitened, unit-length frames [..., dim] of frame features [..., D] (float32)."""
+    z = (_powered(x) - mean) @ projection
+    return (z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+
+
 def check_linear_weights_fit(cfg: ModelConfig, state_dict: dict) -> None:
-    """Refuse stored weights that are not exactly ``mean`` [D] and ``projection`` [D, L] of ``cfg`` (checked
-    before anything is allocated from the config)."""
-    want = {"mean": (cfg.feature_dim,), "projection": (cfg.feature_dim, cfg.bits // cfg.temporal_pool)}
+    """Refuse stored weights that are not exactly ``mean`` [D'] and ``projection`` [D', L] of ``cfg`` (D' = D, or
+    the whitening's dimensions with ``w_mean`` [D] and ``w_projection`` [D, D']), checked before anything is
+    allocated from the config."""
+    inner = cfg.whiten_dim or cfg.feature_dim
+    want = {"mean": (inner,), "projection": (inner, cfg.bits // cfg.temporal_pool)}
+    if cfg.whiten_dim:
+        want.update(w_mean=(cfg.feature_dim,), w_projection=(cfg.feature_dim, cfg.whiten_dim))
     if set(state_dict) != set(want):
-        raise MismatchError(f"a {cfg.method} model holds exactly 'mean' and 'projection', not "
+        raise MismatchError(f"a {cfg.method} model holds exactly {', '.join(repr(k) for k in sorted(want))}, not "
                             f"{', '.join(sorted(map(str, state_dict)))[:120]}")
     for k, shape in want.items():
         t = state_dict[k]
@@ -86,17 +151,43 @@ class LinearHash(nn.Module):
         if cfg.method not in METHODS:
             raise InputError(f"LinearHash is for methods {', '.join(METHODS)}, not {cfg.method!r}")
         self.cfg = cfg
-        self.register_buffer("mean", torch.zeros(cfg.feature_dim))
+        inner = cfg.whiten_dim or cfg.feature_dim
+        if cfg.whiten_dim:
+            self.register_buffer("w_mean", torch.zeros(cfg.feature_dim))
+            self.register_buffer("w_projection", torch.zeros(cfg.feature_dim, cfg.whiten_dim))
+        self.register_buffer("mean", torch.zeros(inner))
         # with temporal_pool K, one projection to bits/K dimensions serves each of the K stretches of time
-        self.register_buffer("projection", torch.zeros(cfg.feature_dim, cfg.bits // cfg.temporal_pool))
+        self.register_buffer("projection", torch.zeros(inner, cfg.bits // cfg.temporal_pool))
 
-    def set_fit(self, mean: np.ndarray, projection: np.ndarray) -> LinearHash:
+    def set_fit(self, mean: np.ndarray, projection: np.ndarray,
+                whitening: tuple[np.ndarray, np.ndarray] | None = None) -> LinearHash:
         want = tuple(self.projection.shape)
-        if projection.shape != want or mean.shape != (self.cfg.feature_dim,):
+        if projection.shape != want or mean.shape != (want[0],):
             raise MismatchError(f"projection {projection.shape} / mean {mean.shape} do not fit {list(want)}")
+        if (whitening is not None) != bool(self.cfg.whiten_dim):
+            raise MismatchError("a whitening is given exactly when the config asks for one (whiten_dim)")
+        if whitening is not None:
+            w_mean, w_proj = whitening
+            if w_mean.shape != tuple(self.w_mean.shape) or w_proj.shape != tuple(self.w_projection.shape):
+                raise MismatchError(f"whitening {w_proj.shape} / {w_mean.shape} does not fit "
+                                    f"{list(self.w_projection.shape)}")
+            self.w_mean.copy_(torch.from_numpy(np.asarray(w_mean, np.float32)))
+            self.w_projection.copy_(torch.from_numpy(np.asarray(w_proj, np.float32)))
         self.mean.copy_(torch.from_numpy(np.asarray(mean, np.float32)))
         self.projection.copy_(torch.from_numpy(np.asarray(projection, np.float32)))
         return self
+
+    def frame_features(self, x: Tensor) -> Tensor:
+        """What the hash sees of every frame: the features themselves, or their learnt whitening (``whiten_dim``)."""
+        self._check_input(x)
+        if not self.cfg.whiten_dim:
+            return x
+        z = (x.clamp(min=0.0).sqrt() - self.w_mean) @ self.w_projection
+        return torch.nn.functional.normalize(z, dim=-1)
+
+    def frame_descriptors(self, x: Tensor) -> Tensor:
+        """Per-frame re-ranking descriptor [B, T, .]: the whitened frames when whitened, else the frame codes."""
+        return self.frame_features(x) if self.cfg.whiten_dim else self.soft_frame_codes(x)
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 3 or x.shape[2] != self.cfg.feature_dim:
@@ -105,8 +196,7 @@ class LinearHash(nn.Module):
 
     def soft_frame_codes(self, x: Tensor) -> Tensor:
         """Projection of every frame [B, T, L] (its mean over frames is the video's pre-sign code)."""
-        self._check_input(x)
-        return (x - self.mean) @ self.projection
+        return (self.frame_features(x) - self.mean) @ self.projection
 
     def soft_video(self, h: Tensor) -> Tensor:
         """The video's pre-sign code [B, L] from frame projections [B, T, L/K]: the projection of the mean

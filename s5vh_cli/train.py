@@ -418,21 +418,34 @@ def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfi
     on = train_cfg.linear_fit
     if on == "auto":
         on = "means" if features.n * k >= dims or model_cfg.method == "lsh" else "frames"
-    x = features.feats.astype(np.float64)
+    whitening = None
+    x = features.feats
+    if model_cfg.whiten_dim:
+        from .linear import apply_whitening, fit_whitening
+
+        if features.views is None:
+            raise InputError(f"{features.path}: --whiten learns from transformed renderings, and these features "
+                             "have none; extract them with `s5vh extract --views N` (4 or more)")
+        progress.log(f"learning a whitening to {model_cfg.whiten_dim} dimensions from {features.views.shape[1]} "
+                     f"renderings of {features.n} videos")
+        whitening = fit_whitening(features.feats, features.views, model_cfg.whiten_dim)
+        x = apply_whitening(x, *whitening)
+    x = x.astype(np.float64)
     if on == "means":  # the mean feature of every video (of every stretch of it, with temporal pooling)
         x = np.concatenate([x[:, s * x.shape[1] // k:(s + 1) * x.shape[1] // k].mean(axis=1) for s in range(k)])
     else:
-        x = x.reshape(-1, features.dim)
+        x = x.reshape(-1, x.shape[-1])
     progress.log(f"fitting {model_cfg.method.upper()} ({model_cfg.bits} bits"
                  f"{f', {k} stretches of {dims}' if k > 1 else ''}) on the {on} of {features.n} videos "
                  f"({x.shape[0]} rows)")
-    extra: dict[str, Any] = {"fit_on": on, "n_train": features.n, "rows": int(x.shape[0])}
+    extra: dict[str, Any] = {"fit_on": on, "n_train": features.n, "rows": int(x.shape[0]),
+                             "whiten_dim": model_cfg.whiten_dim}
     if model_cfg.method == "lsh":
         mean, proj = fit_lsh(x, dims, train_cfg.seed)
     else:
         mean, proj, history = fit_itq(x, dims, train_cfg.itq_iters, train_cfg.seed)
         extra["quantisation_loss"] = history[-1] if history else None
-    model = LinearHash(model_cfg).set_fit(mean, proj)
+    model = LinearHash(model_cfg).set_fit(mean, proj, whitening)
     elapsed = time.perf_counter() - t0
     extra["seconds"] = round(elapsed, 3)
     with keep_replaced_model(out_path) as kept:

@@ -119,3 +119,89 @@ def test_temporal_pool_codes_depend_on_frame_order():
     assert pool_codes(codes, None, 4, 1).tolist() == [[0.0, 0.0, 0.0, 0.0]]
     with pytest.raises(InputError, match="temporal_pool"):
         ModelConfig(bits=16, frames=8, temporal_pool=3).validate()
+
+
+def _nuisance_library(n=60, frames=4, dim=24, views=4, seed=0):
+    """Videos told apart by small differences on every dimension; their renderings add a large shift on the first
+    six dimensions (what a copy changes). Non-negative, like pooled CNN features."""
+    rng = np.random.default_rng(seed)
+    ident = 1.0 + 0.4 * np.abs(rng.standard_normal((n, 1, dim)))
+    feats = ident + 0.03 * np.abs(rng.standard_normal((n, frames, dim)))
+
+    def render(k):
+        shift = np.zeros((n, k, 1, dim))
+        shift[..., :6] = 3.0 * np.abs(rng.standard_normal((n, k, 1, 6)))
+        return feats[:, None] + shift + 0.03 * np.abs(rng.standard_normal((n, k, frames, dim)))
+
+    return feats.astype(np.float32), render(views).astype(np.float32), render(1)[:, 0].astype(np.float32)
+
+
+def test_whitening_learnt_from_renderings_finds_copies_that_raw_features_miss():
+    from s5vh_cli.descriptors import normalise
+    from s5vh_cli.linear import apply_whitening, fit_whitening
+
+    feats, views, copies = _nuisance_library()
+
+    def top1(a, b):  # share of copies whose nearest original (cosine of mean frames) is their source
+        return float(((normalise(a.mean(1)) @ normalise(b.mean(1)).T).argmax(1) == np.arange(len(a))).mean())
+
+    raw = top1(np.sqrt(copies), np.sqrt(feats))
+    mean, proj = fit_whitening(feats, views, 12)
+    assert mean.shape == (24,) and proj.shape == (24, 12)
+    white = top1(apply_whitening(copies, mean, proj), apply_whitening(feats, mean, proj))
+    assert raw < 0.5 and white > 0.9, (raw, white)
+    # the renderings' own shift is what it learns to ignore: renderings of other videos teach nothing useful
+    _, wrong_views, _ = _nuisance_library(seed=1)
+    wrong_views[..., :6] = feats[:, None, :, :6]  # renderings that change only what tells videos apart
+    w2 = fit_whitening(feats, wrong_views, 12)
+    assert top1(apply_whitening(copies, *w2), apply_whitening(feats, *w2)) < white
+    with pytest.raises(InputError, match="--views"):
+        fit_whitening(feats, None, 12)
+    with pytest.raises(InputError, match="between 1 and"):
+        fit_whitening(feats, views, 25)
+
+
+def test_whitened_model_file_hashes_and_describes_the_whitened_frames(tmp_path):
+    from s5vh_cli.linear import apply_whitening, fit_whitening
+
+    feats, views, _ = _nuisance_library()
+    f = make_features(n=60, frames=4, dim=24)
+    f.feats, f.views = feats, views
+    train(f, None, ModelConfig(method="itq", bits=8, whiten_dim=12), TrainConfig(seed=3), tmp_path / "m.pt")
+    model, meta = load_model(tmp_path / "m.pt")
+    assert meta["model_config"]["whiten_dim"] == 12
+    w = fit_whitening(feats, views, 12)
+    z = apply_whitening(feats, *w)
+    mean, proj, _ = fit_itq(z.astype(np.float64).mean(1), 8, 50, 3)
+    codes, desc = encode_with_descriptors(model, feats, "frames", 2)
+    expect = np.packbits((z.mean(1) - mean) @ proj >= 0, axis=1)
+    assert np.unpackbits(codes ^ expect, axis=1).mean() < 0.01
+    assert desc.shape == (60, 2, 12)  # the whitened frames at 2 positions, not the 8-bit frame codes
+    np.testing.assert_allclose(desc.astype(np.float32), z[:, [1, 3]], atol=2e-3)
+    # the weights must be exactly those the config names
+    state = torch.load(tmp_path / "m.pt", weights_only=False)
+    from s5vh_cli.linear import check_linear_weights_fit
+
+    bad = {k: v for k, v in state["state_dict"].items() if k != "w_projection"}
+    with pytest.raises(MismatchError, match="w_projection"):
+        check_linear_weights_fit(ModelConfig(method="itq", bits=8, whiten_dim=12, feature_dim=24, frames=4), bad)
+    with pytest.raises(InputError, match="training-free"):
+        ModelConfig(method="s5vh", whiten_dim=16).validate()
+    with pytest.raises(InputError, match="at least 64"):
+        ModelConfig(method="itq", bits=64, whiten_dim=32).validate()
+
+
+def test_cli_whiten_needs_renderings_and_a_linear_method(tmp_path):
+    import subprocess
+
+    from s5vh_cli import artifacts
+
+    f = make_features(n=30, frames=4, dim=16)
+    artifacts.write_features(tmp_path / "f.h5", f.feats, f.ids, f.paths, backbone="test", backbone_sha256="",
+                             sampling="uniform", prov=artifacts.provenance("test"))
+    run = [sys.executable, "-m", "s5vh_cli", "train", tmp_path / "f.h5", "-o", tmp_path / "m.pt", "--whiten", "8"]
+    for extra, says in ((["--method", "itq", "--bits", "8"], "s5vh extract --views"),
+                        ([], "--method itq"), (["--method", "itq", "--whiten", "0"], "at least 1")):
+        p = subprocess.run([*run, *extra], capture_output=True, text=True)
+        assert p.returncode == 2 and says in p.stderr and "Traceback" not in p.stderr, p.stderr
+        assert len(p.stderr.strip().splitlines()) <= 2 and not (tmp_path / "m.pt").exists()

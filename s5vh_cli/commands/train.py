@@ -63,6 +63,11 @@ def train_command(
                                              "stretches of time, bits/K bits each, so codes change when the order "
                                              "of frames does [default: 1, the mean over all frames, as the paper]. "
                                              "Also for --method itq|lsh."),
+    whiten: int | None = typer.Option(None, "--whiten", help="With --method itq|lsh: first map every frame by a "
+                                      "whitening learnt from the library's own transformed renderings (features "
+                                      "from `s5vh extract --views N`, no labels) to this many dimensions (256 "
+                                      "measured best), and re-rank with the whitened frames (`encode --descriptor "
+                                      "frames`). Finds copies better (docs/BENCHMARKS.md 2a). [default: 0, off]"),
     reverse_negatives: bool | None = typer.Option(None, "--reverse-negatives/--no-reverse-negatives",
                                                   help="Use each video played backwards as an extra negative of "
                                                   "the contrastive loss, so codes depend on frame order. Off in "
@@ -83,6 +88,7 @@ def train_command(
     machines (docs/scale-out.md); rank 0 writes."""
     from .. import config
     from . import _check
+    from ..errors import InputError
 
     # every argument and path is checked before torch is imported (that alone takes seconds)
     if threads is not None and threads < 1:
@@ -91,6 +97,9 @@ def train_command(
     _check.at_least(epochs, 1, "--epochs")  # leave it out for the schedule chosen from the library size
     _check.at_least(batch_size, 2, "--batch-size")
     _check.at_least(temporal_pool, 1, "--temporal-pool")
+    _check.at_least(whiten, 1, "--whiten")
+    if whiten and method == "s5vh":
+        raise InputError("--whiten is for the training-free methods: add --method itq (or lsh)")
     _check.at_least(max_restarts, 0, "--max-restarts")
     _check.existing_file(features, "a features file from `s5vh extract`")
     _check.existing_file(centers, "a centres file from `s5vh centers`")
@@ -107,6 +116,7 @@ def train_command(
         raise typer.Exit(code)
     model_cfg, train_cfg, centers_cfg = config.preset(preset, behaviour)
     model_cfg = config.replace(model_cfg, method=method, bits=bits, encoder=encoder, temporal_pool=temporal_pool,
+                               whiten_dim=whiten,
                                tie_directions=tie_directions, decoder_order=decoder_order, mamba_init=mamba_init,
                                centers_mode=centers_mode)
     train_cfg = config.replace(train_cfg, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
