@@ -87,8 +87,8 @@ def train_command(
     Several processes: --nproc N here, or `torchrun --nproc-per-node N -m s5vh_cli train ...` on one or many
     machines (docs/scale-out.md); rank 0 writes."""
     from .. import config
-    from . import _check
     from ..errors import InputError
+    from . import _check
 
     # every argument and path is checked before torch is imported (that alone takes seconds)
     if threads is not None and threads < 1:
