@@ -140,6 +140,26 @@ def test_vote_finds_video_and_range():
     assert none == []
 
 
+def test_vote_finds_the_speed_of_a_sped_up_copy_and_its_whole_range():
+    """An excerpt played at twice the speed: query window q hits the source window at 7 + 2q. Votes at speed 1
+    drift out of any one offset bin; the vote at speed 2 collects them all and maps the whole query range."""
+    starts = np.arange(0.0, 40.0, 0.5)
+    videos = ["A"] * len(starts)
+    q_start = np.arange(0.0, 6.5, 0.5)  # 13 windows of 2 s
+    rows = [np.array([int((7 + 2 * q) / 0.5)]) for q in q_start]
+    dist = [np.array([2]) for _ in q_start]
+    m = vote(q_start, q_start + 2, rows, dist, videos, starts, starts + 2, bits=32, resolution=0.5)[0]
+    assert m.speed == pytest.approx(2.0) and m.windows == 13
+    assert m.video_start == pytest.approx(7.0) and m.video_end == pytest.approx(7.0 + 2 * 8.0)
+    one = vote(q_start, q_start + 2, rows, dist, videos, starts, starts + 2, bits=32, resolution=0.5, speeds=(1.0,))[0]
+    assert one.speed == 1.0 and one.windows < 13 and one.video_end - one.video_start < 10
+    # a copy at speed 1 stays at speed 1 when another speed fits only a little better (the margin)
+    rows1 = [np.array([int((7 + q) / 0.5)]) for q in q_start]
+    m1 = vote(q_start, q_start + 2, rows1, dist, videos, starts, starts + 2, bits=32, resolution=0.5)[0]
+    assert m1.speed == 1.0 and (m1.video_start, m1.video_end) == (7.0, 15.0)
+    assert m1.as_dict()["speed"] == 1.0
+
+
 def test_window_index_query_finds_source_and_time_range(tmp_path, rng, capsys):
     """An 8 s excerpt cut from the middle of a 20 s video: the query API votes its windows into that video and
     the matching range in both videos (index and queries of `encode --segment` codes / fixed-rate features)."""
