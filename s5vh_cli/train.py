@@ -428,7 +428,7 @@ def fit_linear(features: Features, model_cfg: ModelConfig, train_cfg: TrainConfi
                              "have none; extract them with `s5vh extract --views N` (4 or more)")
         progress.log(f"learning a whitening to {model_cfg.whiten_dim} dimensions from {features.views.shape[1]} "
                      f"renderings of {features.n} videos")
-        whitening = fit_whitening(features.feats, features.views, model_cfg.whiten_dim)
+        whitening = fit_whitening(features.feats, features.views, model_cfg.whiten_dim, seed=train_cfg.seed)
         x = apply_whitening(x, *whitening)
     x = x.astype(np.float64)
     if on == "means":  # the mean feature of every video (of every stretch of it, with temporal pooling)

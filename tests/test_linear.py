@@ -155,6 +155,10 @@ def test_whitening_learnt_from_renderings_finds_copies_that_raw_features_miss():
     wrong_views[..., :6] = feats[:, None, :, :6]  # renderings that change only what tells videos apart
     w2 = fit_whitening(feats, wrong_views, 12)
     assert top1(apply_whitening(copies, *w2), apply_whitening(feats, *w2)) < white
+    # a seeded sample of the videos when there are more than max_videos: deterministic, and still learns it
+    part = fit_whitening(feats, views, 12, max_videos=30, seed=1)
+    np.testing.assert_array_equal(part[1], fit_whitening(feats, views, 12, max_videos=30, seed=1)[1])
+    assert not np.allclose(part[1], proj) and top1(apply_whitening(copies, *part), apply_whitening(feats, *part)) > 0.8
     with pytest.raises(InputError, match="--views"):
         fit_whitening(feats, None, 12)
     with pytest.raises(InputError, match="between 1 and"):
