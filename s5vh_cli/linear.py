@@ -71,13 +71,19 @@ def fit_itq(x: np.ndarray, bits: int, n_iter: int = 50, seed: int = 0) -> tuple[
     return mean, pca @ r, history
 
 
-WHITEN_POWER = 0.5  # signed square root of the (non-negative) CNN features before whitening
 WHITEN_SHRINK = 0.1  # share of the mean eigenvalue added to the copy-difference covariance's diagonal
-WHITEN_MAX_VIDEOS = 2000  # a seeded sample of this many videos is plenty for D x D covariances (~35 ms a video)
+WHITEN_MAX_VIDEOS = 2000  # a seeded sample of this many videos is plenty for D x D covariances; cost grows with it
 
 
 def _powered(x: np.ndarray) -> np.ndarray:
+    """Square root of the (non-negative) CNN features, in float64 for the covariances."""
     return np.sqrt(np.maximum(np.asarray(x, np.float64), 0.0))
+
+
+def whiten_frames(x: Tensor, mean: Tensor, projection: Tensor) -> Tensor:
+    """Whitened, unit-length frames [..., D'] of frame features [..., D]: the one definition of the mapping,
+    used by the model file and by the fit."""
+    return torch.nn.functional.normalize((x.clamp(min=0.0).sqrt() - mean) @ projection, dim=-1)
 
 
 def fit_whitening(feats: np.ndarray, views: np.ndarray, dim: int, max_videos: int = WHITEN_MAX_VIDEOS,
@@ -124,9 +130,10 @@ def fit_whitening(feats: np.ndarray, views: np.ndarray, dim: int, max_videos: in
 
 
 def apply_whitening(x: np.ndarray, mean: np.ndarray, projection: np.ndarray) -> np.ndarray:
-    """Whitened, unit-length frames [..., dim] of frame features [..., D] (float32)."""
-    z = (_powered(x) - mean) @ projection
-    return (z / np.maximum(np.linalg.norm(z, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
+    """``whiten_frames`` on arrays (float32)."""
+    as_t = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))  # noqa: E731
+    with torch.no_grad():
+        return whiten_frames(as_t(x), as_t(mean), as_t(projection)).numpy()
 
 
 def check_linear_weights_fit(cfg: ModelConfig, state_dict: dict) -> None:
@@ -186,8 +193,7 @@ class LinearHash(nn.Module):
         self._check_input(x)
         if not self.cfg.whiten_dim:
             return x
-        z = (x.clamp(min=0.0).sqrt() - self.w_mean) @ self.w_projection
-        return torch.nn.functional.normalize(z, dim=-1)
+        return whiten_frames(x, self.w_mean, self.w_projection)
 
     def frame_descriptors(self, x: Tensor) -> Tensor:
         """Per-frame re-ranking descriptor [B, T, .]: the whitened frames when whitened, else the frame codes."""
