@@ -67,15 +67,16 @@ def encode_with_descriptors(model: torch.nn.Module, feats: np.ndarray, descripto
                 if descriptor == "none":  # the model's own hash: any module with .cfg and .hash encodes
                     bits = model.hash(x).cpu().numpy()
                 else:
-                    h = model.soft_frame_codes(x)
+                    # a model may describe frames by more than its codes (a linear model's whitening)
+                    both = getattr(model, "soft_frame_codes_and_descriptors", None)
+                    h, frames_d = both(x) if both is not None else (model.soft_frame_codes(x),) * 2
                     bits = model.bits_from_soft(h).cpu().numpy()
                 out[s:s + len(bits)] = np.packbits(bits, axis=1)
                 if descriptor != "none":
                     if descriptor == "soft":
                         part = model.soft_video(h)
-                    else:  # a model may describe frames by more than its codes (a linear model's whitening)
-                        frames_of = getattr(model, "frame_descriptors", None)
-                        part = (frames_of(x) if frames_of is not None else h)[:, pos.to(h.device)]
+                    else:
+                        part = frames_d[:, pos.to(h.device)]
                     if desc is None:
                         desc = np.empty((n, *part.shape[1:]), np.float16)
                     desc[s:s + len(bits)] = part.float().cpu().numpy()

@@ -195,9 +195,12 @@ class LinearHash(nn.Module):
             return x
         return whiten_frames(x, self.w_mean, self.w_projection)
 
-    def frame_descriptors(self, x: Tensor) -> Tensor:
-        """Per-frame re-ranking descriptor [B, T, .]: the whitened frames when whitened, else the frame codes."""
-        return self.frame_features(x) if self.cfg.whiten_dim else self.soft_frame_codes(x)
+    def soft_frame_codes_and_descriptors(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(frame codes [B, T, L], per-frame re-ranking descriptors [B, T, .]) from one pass over the frames: the
+        descriptors are the whitened frames when whitened, else the frame codes themselves."""
+        z = self.frame_features(x)
+        h = (z - self.mean) @ self.projection
+        return h, (z if self.cfg.whiten_dim else h)
 
     def _check_input(self, x: Tensor) -> None:
         if x.ndim != 3 or x.shape[2] != self.cfg.feature_dim:
